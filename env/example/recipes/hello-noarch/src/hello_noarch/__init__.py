@@ -1,0 +1,1 @@
+"""Example noarch package for the bundled example env."""

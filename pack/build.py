@@ -1,0 +1,204 @@
+"""``pack build``: locks -> env -> collected files -> archive parts -> manifest.json (written last)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from importlib import metadata
+from pathlib import Path
+
+import zstandard
+
+from worker.bootstrap.manifest import MANIFEST_NAME, Archive, Manifest, make_manifest
+
+from . import example
+from .archive import ZstdSettings, write_archive
+from .collect import collect, load_env
+from .create import create_conda_env, pip_install
+from .errors import PackError
+from .lockfile import find_conda_lock, pip_lock_digest, read_conda_lock
+from .options import PackOptions
+
+log = logging.getLogger(__name__)
+
+# Fixed default for tar mtimes and .pyc hashes when SOURCE_DATE_EPOCH is unset: 2026-01-01T00:00:00Z.
+DEFAULT_SOURCE_DATE_EPOCH = 1767225600
+# Bump when the archive layout changes in a way that changes the bytes for the same inputs.
+LAYOUT = "pack-1"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    manifest_path: Path
+    manifest: Manifest
+    prefix: Path
+
+
+def source_date_epoch(options: PackOptions) -> int:
+    if options.source_date_epoch is not None:
+        return options.source_date_epoch
+    raw = os.environ.get("SOURCE_DATE_EPOCH")
+    if raw:
+        try:
+            return int(raw)
+        except ValueError:
+            raise PackError("options", f"SOURCE_DATE_EPOCH must be an integer, got {raw!r}") from None
+    return DEFAULT_SOURCE_DATE_EPOCH
+
+
+def env_id(platform: str, locks: dict[str, str], options: PackOptions, epoch: int) -> str:
+    """The input address: what decides the archive's bytes, not the bytes themselves."""
+    doc = {
+        "layout": LAYOUT,
+        "platform": platform,
+        "locks": locks,
+        "level": options.level,
+        "long": options.long,
+        "dest_prefix": options.dest_prefix,
+        "source_date_epoch": epoch,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def build(options: PackOptions) -> BuildResult:
+    options = _absolute(options)
+    options.validate()
+    epoch = source_date_epoch(options)
+    lock_path = (
+        find_conda_lock(options.lock, options.platform)
+        if options.lock
+        else example.ensure_example_lock(options.work)
+    )
+    conda_lock = read_conda_lock(lock_path)
+    platform = conda_lock.platform or options.platform
+    locks = {lock_path.name: conda_lock.digest}
+    if options.pip_lock is not None:
+        locks[options.pip_lock.name] = pip_lock_digest(options.pip_lock)
+    identity = env_id(platform, locks, options, epoch)
+    log.info("build: env_id %s from %s", identity, ", ".join(f"{k}={v[:12]}" for k, v in locks.items()))
+
+    prefix = options.work / "envs" / options.name
+    creator = create_conda_env(conda_lock, prefix, options.work / "pkgs")
+    if options.pip_lock is not None:
+        pip_install(prefix, options.pip_lock, options.wheelhouse, epoch)
+
+    collected = collect(load_env(prefix), options.dest_prefix)
+    options.out.mkdir(parents=True, exist_ok=True)
+    _remove_previous(options.out, options.name)
+    stem = f"{options.name}-{identity[:12]}.tar.zst"
+    started = time.monotonic()
+    result = write_archive(
+        collected.entries,
+        options.out,
+        stem,
+        options.part_size,
+        ZstdSettings(options.level, options.threads, options.long),
+        epoch,
+    )
+    log.info(
+        "build: %d members, %.1f MB -> %.1f MB (%.3f) in %.0f s, %d part(s)",
+        result.file_count,
+        result.unpacked_size / 1e6,
+        result.size / 1e6,
+        result.size / max(result.unpacked_size, 1),
+        time.monotonic() - started,
+        len(result.parts),
+    )
+
+    extra: dict[str, object] = {
+        "name": options.name,
+        "platform": platform,
+        "prefix": str(prefix),
+        "relocatable": options.dest_prefix is None,
+        "unpacked_size": result.unpacked_size,
+        "file_count": result.file_count,
+        "created": epoch,
+        "locks": locks,
+        "tools": _tools(creator),
+        "pack_options": _pack_options(options),
+    }
+    if options.dest_prefix is not None:
+        extra["dest_prefix"] = options.dest_prefix
+    if collected.max_placeholder is not None and options.dest_prefix is None:
+        extra["max_prefix_length"] = collected.max_placeholder
+    manifest = make_manifest(identity, Archive("zstd", result.size, result.sha256), result.parts, **extra)
+    path = options.out / MANIFEST_NAME
+    write_atomic(path, manifest.to_json().encode())
+    log.info("build: wrote %s", path)
+    return BuildResult(path, manifest, prefix)
+
+
+def _absolute(options: PackOptions) -> PackOptions:
+    def fix(p: Path | None) -> Path | None:
+        return None if p is None else Path(os.path.abspath(p))
+
+    return replace(
+        options,
+        lock=fix(options.lock),
+        pip_lock=fix(options.pip_lock),
+        wheelhouse=fix(options.wheelhouse),
+        out=fix(options.out),
+        work=fix(options.work),
+    )
+
+
+def _remove_previous(out: Path, name: str) -> None:
+    # The manifest goes first: parts on disk without a manifest are never mistaken for a finished pack.
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for old in out.glob(f"{name}-*.tar.zst.[0-9][0-9][0-9]"):
+        old.unlink()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dirfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+def _pack_options(options: PackOptions) -> dict[str, object]:
+    return {
+        "level": options.level,
+        "threads": options.threads,
+        "long": options.long,
+        "part_size": options.part_size,
+        "dest_prefix": options.dest_prefix,
+    }
+
+
+def _tools(creator: str) -> dict[str, str]:
+    tools = {
+        "conda-pack": _version("conda-pack"),
+        "zstandard": _version("zstandard"),
+        "libzstd": zstandard.ZSTD_VERSION and ".".join(map(str, zstandard.ZSTD_VERSION)),
+        "python": ".".join(map(str, sys.version_info[:3])),
+        "env-creator": creator,
+    }
+    if creator == "rattler":
+        tools["py-rattler"] = _version("py-rattler")
+    return tools
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"

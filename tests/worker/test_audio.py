@@ -1,0 +1,188 @@
+"""Job audio: base64 and URL sources, decoding of real files, resampling quality, encoding round trips."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import soundfile
+from jobkit import AudioServer, audio_bytes, b64, voice_like
+
+from worker import audio
+from worker.audio import AudioError
+from worker.urlfetch import FetchError, FetchPolicy, fetch
+
+OPEN = FetchPolicy(max_bytes=2_000_000, timeout_s=3.0, max_redirects=3, allow_private=True)
+STRICT = FetchPolicy(max_bytes=2_000_000, timeout_s=3.0)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with AudioServer() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def wav() -> bytes:
+    return audio_bytes(voice_like(1.0, 16000), 16000)
+
+
+# ------------------------------------------------------------------ sources
+def test_base64_and_data_uri(wav: bytes) -> None:
+    assert audio.read_source(b64(wav), OPEN, "input.ref_audio") == wav
+    assert audio.read_source("data:audio/wav;base64," + b64(wav), OPEN, "input.ref_audio") == wav
+    wrapped = "\n".join(b64(wav)[i:i + 76] for i in range(0, len(b64(wav)), 76))
+    assert audio.read_source(wrapped, OPEN, "input.ref_audio") == wav
+
+
+@pytest.mark.parametrize("value", ["/etc/passwd", "file:///etc/passwd", "./voice.wav", "~/a.wav",
+                                   "ftp://example.org/a.wav", "s3://bucket/a.wav"])
+def test_local_paths_and_other_schemes_are_refused(value: str) -> None:
+    with pytest.raises(AudioError, match=r"input\.ref_audio: local paths and non-http\(s\) URLs"):
+        audio.read_source(value, OPEN, "input.ref_audio")
+
+
+def test_bad_base64_and_oversize() -> None:
+    with pytest.raises(AudioError, match=r"input\.audio: neither an http\(s\) URL nor valid base64"):
+        audio.read_source("not base64 at all!", OPEN, "input.audio")
+    small = FetchPolicy(max_bytes=1000, timeout_s=1)
+    with pytest.raises(AudioError, match="the limit is 1000"):
+        audio.read_source(b64(b"\0" * 5000), small, "input.audio")
+
+
+def test_url_fetch(server: AudioServer, wav: bytes) -> None:
+    server.file("/ok.wav", wav)
+    assert fetch(server.url("/ok.wav"), OPEN) == wav
+    assert audio.read_source(server.url("/ok.wav?x=1"), OPEN, "input.ref_audio") == wav
+
+
+def test_loopback_is_refused_unless_allowed(server: AudioServer, wav: bytes) -> None:
+    server.file("/ok.wav", wav)
+    with pytest.raises(FetchError, match=r"resolves to a non-public address .127\.0\.0\.1."):
+        fetch(server.url("/ok.wav"), STRICT)
+    with pytest.raises(FetchError, match="non-public address"):
+        fetch(server.url("/ok.wav").replace("127.0.0.1", "localhost"), STRICT)
+
+
+def test_redirects_are_followed_and_bounded(server: AudioServer, wav: bytes) -> None:
+    server.file("/ok.wav", wav)
+    server.redirect("/r1", "/r2", 301)
+    server.redirect("/r2", server.url("/ok.wav"), 307)
+    assert fetch(server.url("/r1"), OPEN) == wav
+    server.redirect("/loop", "/loop")
+    with pytest.raises(FetchError, match="more than 3 redirects"):
+        fetch(server.url("/loop"), OPEN)
+    server.redirect("/to-file", "file:///etc/passwd")
+    with pytest.raises(FetchError, match=r"only http.s. URLs are accepted"):
+        fetch(server.url("/to-file"), OPEN)
+
+
+def test_private_addresses_are_refused_before_connecting() -> None:
+    # Refused at the address check: no packet leaves for the metadata service or a private network.
+    for url in ("http://169.254.169.254/latest/meta-data", "http://10.0.0.1/a.wav", "http://[::1]:9/a.wav",
+                "http://0.0.0.0/a.wav"):
+        with pytest.raises(FetchError, match="non-public address"):
+            fetch(url, STRICT)
+
+
+def test_too_large(server: AudioServer) -> None:
+    server.file("/big.wav", b"\0" * 50_000)
+    small = FetchPolicy(max_bytes=10_000, timeout_s=3, allow_private=True)
+    with pytest.raises(FetchError, match="the file is 50000 bytes; the limit is 10000"):
+        fetch(server.url("/big.wav"), small)
+    server.endless("/endless")
+    with pytest.raises(FetchError, match="passed the limit of 10000 bytes"):
+        fetch(server.url("/endless"), small)
+
+
+def test_too_slow(server: AudioServer, wav: bytes) -> None:
+    server.trickle("/slow.wav", wav[:4000], delay=0.05)
+    quick = FetchPolicy(max_bytes=100_000, timeout_s=0.5, allow_private=True)
+    with pytest.raises(FetchError, match=r"took longer than 0\.5 s"):
+        fetch(server.url("/slow.wav"), quick)
+
+
+def test_wrong_content_and_http_errors(server: AudioServer) -> None:
+    server.file("/page", b"<html>hello</html>", content_type="text/html; charset=utf-8")
+    with pytest.raises(FetchError, match="served 'text/html', not audio"):
+        fetch(server.url("/page"), OPEN)
+    with pytest.raises(FetchError, match="answered HTTP 404"):
+        fetch(server.url("/missing"), OPEN)
+    server.file("/noise.bin", b"\x01\x02" * 500, content_type="application/octet-stream")
+    data = fetch(server.url("/noise.bin"), OPEN)
+    with pytest.raises(AudioError, match=r"input\.ref_audio: not readable audio"):
+        audio.decode(data, "input.ref_audio", 30)
+
+
+def test_unreachable_port() -> None:
+    with pytest.raises(FetchError, match="could not download"):
+        fetch("http://127.0.0.1:9/a.wav", OPEN)
+
+
+# ------------------------------------------------------------------ decode
+@pytest.mark.parametrize(("fmt", "subtype"), [("WAV", "PCM_16"), ("WAV", "FLOAT"), ("FLAC", None),
+                                              ("OGG", "VORBIS"), ("MP3", None)])
+def test_decode_formats(fmt: str, subtype: str | None) -> None:
+    source = voice_like(1.0, 22050)
+    clip = audio.decode(audio_bytes(source, 22050, fmt, subtype), "input.audio", 30)
+    assert clip.sample_rate == 22050 and clip.samples.dtype == np.float32 and clip.samples.ndim == 1
+    assert abs(clip.duration - 1.0) < 0.1  # mp3 adds encoder padding
+    if fmt in ("WAV", "FLAC"):
+        assert np.max(np.abs(clip.samples - source)) < 1e-3
+
+
+def test_decode_stereo_to_mono_and_limits() -> None:
+    clip = audio.decode(audio_bytes(voice_like(2.0, 16000), 16000, channels=2), "input.audio", 30)
+    assert clip.samples.ndim == 1 and len(clip.samples) == 32000
+    with pytest.raises(AudioError, match=r"input\.ref_audio: the audio is 2\.0 s long; the limit is 1\.5 s"):
+        audio.decode(audio_bytes(voice_like(2.0, 16000), 16000), "input.ref_audio", 1.5)
+    with pytest.raises(AudioError, match="no samples"):
+        audio.decode(audio_bytes(np.zeros(0, np.float32), 16000), "input.audio", 30)
+
+
+# ------------------------------------------------------------------ resample
+def _tone(freq: float, rate: int, seconds: float = 1.0) -> np.ndarray:
+    return np.sin(2 * np.pi * freq * np.arange(int(rate * seconds)) / rate).astype(np.float32)
+
+
+@pytest.mark.parametrize(("src", "dst"), [(44100, 24000), (48000, 16000), (16000, 24000), (22050, 24000)])
+def test_resample_keeps_passband_and_length(src: int, dst: int) -> None:
+    out = audio.resample(_tone(1000, src), src, dst)
+    assert len(out) == dst
+    reference = _tone(1000, dst)
+    middle = slice(dst // 10, -dst // 10)  # edges see the filter's ramp
+    assert np.max(np.abs(out[middle] - reference[middle])) < 0.01
+
+
+def test_resample_rejects_aliases() -> None:
+    # 15 kHz cannot exist at 24 kHz: a naive decimator would fold it to 9 kHz at full strength.
+    out = audio.resample(_tone(15000, 48000), 48000, 24000)
+    assert np.sqrt(np.mean(out[2400:-2400] ** 2)) < 1e-3
+    same = _tone(440, 24000)
+    assert np.array_equal(audio.resample(same, 24000, 24000), same)
+
+
+# ------------------------------------------------------------------ encode
+@pytest.mark.parametrize("fmt", ["wav", "flac", "ogg", "mp3"])
+def test_encode_round_trip(fmt: str) -> None:
+    source = voice_like(3.0, 24000)
+    data = audio.encode(source, 24000, fmt)
+    info = soundfile.info(io.BytesIO(data))
+    assert info.samplerate == 24000 and info.channels == 1
+    back = audio.decode(data, "x", 30)
+    assert abs(back.duration - 3.0) < 0.1
+    if fmt in ("wav", "flac"):
+        assert np.max(np.abs(back.samples - source)) < 1e-3
+    else:  # lossy: the signal's energy survives
+        n = min(len(back.samples), len(source))
+        ratio = np.sqrt(np.mean(back.samples[:n] ** 2)) / np.sqrt(np.mean(source[:n] ** 2))
+        assert 0.7 < ratio < 1.3
+
+
+def test_encoded_pieces_stay_under_the_cap_and_cover_everything() -> None:
+    source = voice_like(10.0, 24000)
+    pieces = list(audio.encoded_pieces(source, 24000, "wav", 100_000))
+    assert len(pieces) > 1 and all(len(p) <= 100_000 for p in pieces)
+    joined = np.concatenate([audio.decode(audio.read_source(p, OPEN, "x"), "x", 30).samples for p in pieces])
+    assert len(joined) == len(source) and np.max(np.abs(joined - source)) < 1e-3

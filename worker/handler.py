@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -179,15 +180,37 @@ def make_plain_handler(engine: Any, config: Any, limits: JobLimits | None = None
     return handler
 
 
-def start_config(engine: Any, config: Any, limits: JobLimits | None = None, *, streaming: bool = True
-                 ) -> dict:
-    """What ``runpod.serverless.start`` takes. A generator handler cannot return ``refresh_worker``
-    (runpod reads it only from a plain handler's dict), so on a GPU fault the streaming handler sets
-    the flag on this dict, which runpod's job loop checks after every job."""
+def runs_local_test(argv: list[str] | None = None, env: dict | None = None) -> bool:
+    """True when runpod will run one local test job (``--test_input`` or ``test_input.json``).
+
+    runpod 1.12 runs that job through ``run_job``, which calls the handler and returns what it returns:
+    a generator handler's generator is never iterated, so the job "completes" without running."""
+    argv = sys.argv[1:] if argv is None else argv
+    env = dict(os.environ) if env is None else env
+    if any(a == "--test_input" or a.startswith("--test_input=") for a in argv):
+        return True
+    if "--rp_serve_api" in argv or env.get("RUNPOD_REALTIME_PORT", "0") not in ("", "0"):
+        return False
+    return env.get("RUNPOD_WEBHOOK_GET_JOB") is None
+
+
+def start_config(engine: Any, config: Any, limits: JobLimits | None = None, *,
+                 streaming: bool | None = None) -> dict:
+    """What ``runpod.serverless.start`` takes.
+
+    ``streaming`` None (the default) picks the generator handler, except when WORKER_STREAMING=0 or
+    runpod is about to run a local test job (see ``runs_local_test``), which need the plain one. A
+    generator handler cannot return ``refresh_worker`` (runpod reads it only from a plain handler's
+    dict), so on a GPU fault it sets the flag on this dict, which runpod's job loop checks after
+    every job."""
+    if streaming is None:
+        wanted = os.environ.get("WORKER_STREAMING", "1").strip().lower() not in ("0", "false", "no", "off")
+        streaming = wanted and not runs_local_test()
     start: dict = {"return_aggregate_stream": True}
     if streaming:
         start["handler"] = make_handler(engine, config, limits,
                                         on_fatal=lambda: start.__setitem__("refresh_worker", True))
     else:
         start["handler"] = make_plain_handler(engine, config, limits)
+    log.info("handler: %s handler", "streaming (generator)" if streaming else "plain")
     return start

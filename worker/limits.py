@@ -17,7 +17,10 @@ Environment variables (all optional; defaults in brackets):
 ``WORKER_MAX_RESPONSE_BYTES`` [9500000]    largest JSON output returned inline (RunPod: /run 10 MB)
 ``WORKER_STREAM_CHUNK_BYTES`` [1000000]    largest streamed item (RunPod: 1 MB per stream chunk)
 ``WORKER_REF_TEXT_CACHE`` [256]            transcripts of reference audio kept (LRU, by audio hash)
-``WORKER_VOICES_DIR`` [<volume>/voices]    preset voices: <name>.wav + <name>.txt
+``WORKER_VOICES_DIR`` [<volume>/voices]    preset voices: <name>.wav + <name>.txt (volume:
+                                           WORKER_VOLUME, see worker.config)
+``WORKER_STREAMING`` [1]                   0: plain handler (output is the dict itself; no stream: true),
+                                           read by worker.handler.start_config
 ``BUCKET_ENDPOINT_URL``, ``BUCKET_ACCESS_KEY_ID``, ``BUCKET_SECRET_ACCESS_KEY`` (read by runpod's
     ``rp_upload``) and ``BUCKET_NAME`` [month-year, runpod's default]: where outputs over the response
     limit are uploaded; without them such outputs fail with an error naming the limit.
@@ -81,7 +84,7 @@ class JobLimits:
         flag = env.get("WORKER_ALLOW_PRIVATE_URLS", "0").strip().lower()
         if flag not in ("", "0", "1", "true", "false", "yes", "no"):
             issues.append(f"WORKER_ALLOW_PRIVATE_URLS={flag!r} must be 0 or 1")
-        base = Path(volume if volume is not None else env.get("RUNPOD_VOLUME", DEFAULT_VOLUME))
+        base = Path(volume if volume is not None else env.get("WORKER_VOLUME", "").strip() or DEFAULT_VOLUME)
         voices = env.get("WORKER_VOICES_DIR", "").strip()
         limits = cls(
             max_text_chars=int(number("WORKER_MAX_TEXT_CHARS", cls.max_text_chars, int, 1)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -65,9 +66,26 @@ class RefTextCache:
         return len(self._items)
 
 
+def _time(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def words_json(words: Sequence[Any]) -> list[dict]:
-    return [{"word": w.word, "start": round(float(w.start), 3), "end": round(float(w.end), 3)}
-            for w in words]
+    """Words as JSON, times in seconds (ms precision). WhisperX leaves words it cannot align (digits,
+    symbols) without times; those take the neighbouring words' edges so every word keeps strict JSON
+    numbers and the sequence stays monotonic."""
+    out: list[dict] = []
+    for w in words:
+        start, end = _time(w.start), _time(w.end)
+        previous = out[-1]["end"] if out else 0.0
+        start = previous if start is None else max(start, previous)
+        end = start if end is None else max(end, start)
+        out.append({"word": w.word, "start": round(start, 3), "end": round(end, 3)})
+    return out
 
 
 @dataclass

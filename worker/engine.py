@@ -1,0 +1,264 @@
+"""The worker's engine: warm F5-TTS synthesis + WhisperX transcription and alignment behind one object.
+
+Importing this module loads nothing heavy; `Engine.load(config)` does all the loading, once. The job
+layer (worker/handler.py and friends) only talks to the types and methods below.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.config import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+TTS_SAMPLE_RATE = 24_000
+ASR_SAMPLE_RATE = 16_000
+
+
+class EngineError(ValueError):
+    """A bad input that reached the engine; the message names the field and why."""
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float
+    end: float
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    start: float
+    end: float
+    words: tuple[Word, ...] = ()
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str
+    segments: tuple[Segment, ...]
+    words: tuple[Word, ...]
+
+
+@dataclass(frozen=True)
+class SynthesisParams:
+    speed: float = 1.0
+    nfe_step: int = 32
+    cfg_strength: float = 2.0
+    sway_sampling_coef: float = -1.0
+    seed: int | None = None
+    cross_fade_s: float = 0.15
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EngineError("config: WORKER_DEVICE=cuda but no CUDA device is visible; use auto or cpu")
+    return name
+
+
+def _check_audio(audio: np.ndarray, field: str) -> np.ndarray:
+    arr = np.asarray(audio)
+    if arr.ndim != 1 or arr.size == 0:
+        raise EngineError(f"{field}: expected non-empty mono audio, got shape {arr.shape}")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise EngineError(f"{field}: audio holds NaN or infinite samples")
+    return arr
+
+
+def _words(raw: list[dict], limit: float) -> tuple[Word, ...]:
+    """WhisperX words -> Word; words it could not time (no start/end) are dropped, times clamped into
+    the audio and made monotonic."""
+    out: list[Word] = []
+    last = 0.0
+    for w in raw:
+        if "start" not in w or "end" not in w:
+            continue
+        start = min(max(float(w["start"]), last), limit)
+        end = min(max(float(w["end"]), start), limit)
+        score = w.get("score")
+        out.append(Word(str(w["word"]), round(start, 3), round(end, 3),
+                        None if score is None else float(score)))
+        last = start
+    return tuple(out)
+
+
+class Engine:
+    """Warm models; `synthesize`, `transcribe` and `align` run on the calling thread."""
+
+    sample_rate: int = TTS_SAMPLE_RATE
+    asr_sample_rate: int = ASR_SAMPLE_RATE
+
+    def __init__(self, config: WorkerConfig, tts, asr, device: str) -> None:
+        self.config = config
+        self.tts = tts
+        self.asr = asr
+        self.device = device
+
+    @classmethod
+    def load(cls, config: WorkerConfig) -> Engine:
+        from worker import tts
+        from worker.asr import WhisperX
+
+        os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+        import torch
+
+        device = pick_device(config.device)
+        started = time.monotonic()
+        paths = resolve_models(config)
+        _use_nltk_dir(config)
+        dtype = tts._resolve_dtype(config.f5_dtype, device)
+        cfm = tts.load_cfm(tts.load_arch(config.f5_arch), paths["ckpt"], paths["vocab"], device, dtype)
+        vocos = tts.load_vocos(paths["vocoder"], device)
+        synth = tts.F5Synth(
+            cfm, vocos, device, sampler=config.f5_sampler, bucket_frames=config.f5_bucket_frames,
+            cuda_graphs=config.f5_cuda_graphs,
+            compile_mode=config.f5_compile_mode if config.f5_compile else None,
+            first_chunk_chars=config.f5_first_chunk_chars,
+        )
+        log.info("engine: F5-TTS loaded (%s, %s, sampler=%s, graphs=%s) in %.1f s", device, dtype,
+                 config.f5_sampler, synth.cuda_graphs, time.monotonic() - started)
+        align_dirs = {k.removeprefix("align:"): v for k, v in paths.items() if k.startswith("align:")}
+        asr = WhisperX(paths["whisper"], align_dirs, config.default_language, device,
+                       config.whisper_compute_type, config.whisper_batch_size, config.whisper_vad)
+        torch.set_grad_enabled(False)
+        log.info("engine: all models loaded in %.1f s", time.monotonic() - started)
+        return cls(config, synth, asr, device)
+
+    def warmup(self) -> None:
+        """One real inference of each model, so the first job pays no lazy initialisation."""
+        started = time.monotonic()
+        t = np.arange(self.sample_rate, dtype=np.float32) / self.sample_rate
+        ref = (0.1 * np.sin(2 * np.pi * 220.0 * t)).astype(np.float32)
+        audio = np.concatenate(list(self.synthesize("Warm up.", ref, "Warm up.", SynthesisParams(seed=0,
+                                                                                                  nfe_step=4))))
+        speech = _resample(audio, self.sample_rate, self.asr_sample_rate)
+        self.transcribe(speech, language=self.config.default_language, word_timestamps=False)
+        self.align(speech, "warm up", self.config.default_language)
+        log.info("engine: warm-up done in %.1f s", time.monotonic() - started)
+
+    def synthesize(self, text: str, ref_audio: np.ndarray, ref_text: str,
+                   params: SynthesisParams) -> Iterator[np.ndarray]:
+        from worker.tts import TTSError
+
+        ref = _check_audio(ref_audio, "ref_audio")
+        if params.nfe_step < 1:
+            raise EngineError(f"nfe_step: {params.nfe_step} must be >= 1")
+        if not params.speed > 0:
+            raise EngineError(f"speed: {params.speed} must be > 0")
+        try:
+            yield from self.tts.synthesize(
+                text, ref, ref_text, speed=params.speed, nfe_step=params.nfe_step,
+                cfg_strength=params.cfg_strength, sway_sampling_coef=params.sway_sampling_coef,
+                seed=params.seed, cross_fade_s=params.cross_fade_s,
+            )
+        except TTSError as exc:
+            raise EngineError(str(exc).removeprefix("tts: ")) from exc
+
+    def transcribe(self, audio: np.ndarray, language: str | None = None,
+                   word_timestamps: bool = True) -> Transcript:
+        audio = _check_audio(audio, "audio")
+        limit = len(audio) / self.asr_sample_rate
+        result = self.asr.transcribe(audio, language)
+        lang = result.get("language") or language or self.config.default_language
+        segments = result["segments"]
+        if word_timestamps and segments:
+            if language is None and lang not in self.asr.align_dirs:
+                # A detected language without an alignment model: the text is still useful, untimed.
+                log.warning("engine: no alignment model for detected language %r; words left out", lang)
+            else:
+                segments = self._align_segments(segments, audio, lang)
+        out_segments = tuple(
+            Segment(s["text"].strip(), round(min(float(s["start"]), limit), 3),
+                    round(min(float(s["end"]), limit), 3), _words(s.get("words", []), limit))
+            for s in segments
+        )
+        words = tuple(w for s in out_segments for w in s.words)
+        text = " ".join(s.text for s in out_segments if s.text).strip()
+        return Transcript(text, lang, out_segments, words)
+
+    def align(self, audio: np.ndarray, text: str, language: str) -> tuple[Word, ...]:
+        audio = _check_audio(audio, "audio")
+        if not text.strip():
+            raise EngineError("text: empty; nothing to align")
+        limit = len(audio) / self.asr_sample_rate
+        segments = self._align_segments([{"text": text, "start": 0.0, "end": limit}], audio, language)
+        return tuple(w for s in segments for w in _words(s.get("words", []), limit))
+
+    def _align_segments(self, segments: list[dict], audio: np.ndarray, language: str) -> list[dict]:
+        from worker.asr import ASRError
+
+        try:
+            return self.asr.align(segments, audio, language)["segments"]
+        except ASRError as exc:
+            raise EngineError(str(exc)) from exc
+
+
+def _resample(audio: np.ndarray, src: int, dst: int) -> np.ndarray:
+    import torch
+    import torchaudio
+
+    tensor = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).unsqueeze(0)
+    return torchaudio.functional.resample(tensor, src, dst).squeeze(0).numpy()
+
+
+def resolve_models(config: WorkerConfig) -> dict[str, object]:
+    """Every model spec of the config -> a local path (downloading pinned hub revisions once)."""
+    from importlib.resources import files
+    from pathlib import Path
+
+    from worker.models import resolve
+
+    def get(spec: str, var: str) -> Path:
+        return resolve(spec, config.models_dir, var, token=config.hf_token)
+
+    paths: dict[str, object] = {
+        "ckpt": _ckpt_file(get(config.f5_ckpt, "F5_CKPT")),
+        "vocab": (_vocab_file(get(config.f5_vocab, "F5_VOCAB")) if config.f5_vocab
+                  else Path(str(files("f5_tts").joinpath("infer/examples/vocab.txt")))),
+        "vocoder": get(config.f5_vocoder, "F5_VOCODER"),
+        "whisper": get(config.whisper_model, "WHISPER_MODEL"),
+    }
+    for lang, spec in config.align_models.items():
+        paths[f"align:{lang}"] = get(spec, f"ALIGN_MODELS[{lang}]")
+    return paths
+
+
+def _ckpt_file(path):
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".pt"))
+        if len(found) != 1:
+            raise EngineError(f"config: F5_CKPT directory {path} must hold one .safetensors/.pt file, "
+                              f"found {len(found)}; point F5_CKPT at the file")
+        return found[0]
+    return path
+
+
+def _vocab_file(path):
+    return path / "vocab.txt" if path.is_dir() else path
+
+
+def _use_nltk_dir(config: WorkerConfig) -> None:
+    import nltk
+    from whisperx.utils import PUNKT_LANGUAGES
+
+    from worker.models import write_punkt_tab
+
+    write_punkt_tab(config.nltk_dir, tuple(sorted({*PUNKT_LANGUAGES.values(), "english"})))
+    if str(config.nltk_dir) not in nltk.data.path:
+        nltk.data.path.insert(0, str(config.nltk_dir))

@@ -1,0 +1,396 @@
+"""F5-TTS synthesis: the upstream DiT and Vocos modules driven by the worker's own, faster sampling loop.
+
+What upstream `F5TTS.infer` does per call, and what this module does instead (DESIGN.md: upstream is
+host-bound, ~1,340 kernel launches per ODE step, and samples in a fresh thread per call):
+- runs on the calling thread (no thread pool), models loaded once;
+- computes everything that is constant across ODE steps once per batch: the reference mel, both text
+  embeddings (cond/uncond), their share of the input projection, the rotary table, the time grid;
+- runs cond and uncond (classifier-free guidance) as one batch-2 forward, like upstream;
+- on CUDA: pads the mel length up to a bucket (masked, so the valid frames are unchanged) and replays
+  one captured CUDA graph per bucket for each ODE step, removing the launch overhead.
+Each optimisation is switchable (worker/config.py) and checked against the plain path on CPU by tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 24_000
+HOP = 256
+N_MELS = 100
+TARGET_RMS = 0.1
+MAX_REF_SECONDS = 20.0
+# Upstream's per-call budget: reference + generated audio of one batch stays under ~22 s.
+BATCH_SECONDS = 22.0
+_SENTENCE_END = re.compile(r"(?<=[;:,.!?])\s+|(?<=[；：，。！？])")
+
+
+class TTSError(ValueError):
+    """Bad input that reached synthesis; the message names the field."""
+
+
+def _utf8_len(s: str) -> int:
+    return len(s.encode("utf-8"))
+
+
+def chunk_text(text: str, max_chars: int) -> list[str]:
+    """Split at sentence/clause punctuation into batches of at most max_chars UTF-8 bytes (a single longer
+    clause stays whole). Same batches as upstream's utils_infer.chunk_text (tested), so audio matches."""
+    batches: list[str] = []
+    current = ""
+    for piece in _SENTENCE_END.split(text):
+        if not piece:
+            continue
+        # Latin-script pieces are rejoined with a space; CJK pieces (multi-byte last char) are not.
+        joined = piece + " " if _utf8_len(piece[-1]) == 1 else piece
+        if _utf8_len(current) + _utf8_len(piece) <= max_chars:
+            current += joined
+            continue
+        if current:
+            batches.append(current.strip())
+        current = joined
+    if current:
+        batches.append(current.strip())
+    return batches
+
+
+def cross_fade_concat(waves: Sequence[np.ndarray], fade: int) -> np.ndarray:
+    """Reference (non-streamed) joining of batch waves with linear cross-fades, as upstream joins them."""
+    out = np.asarray(waves[0], dtype=np.float64)
+    for wave in waves[1:]:
+        n = min(fade, len(out), len(wave))
+        if n <= 0:
+            out = np.concatenate([out, wave])
+            continue
+        blended = out[-n:] * np.linspace(1, 0, n) + wave[:n] * np.linspace(0, 1, n)
+        out = np.concatenate([out[:-n], blended, wave[n:]])
+    return out.astype(np.float32)
+
+
+class CrossFader:
+    """Streams the cross-faded join: each batch is emitted at once except its last `fade` samples,
+    which are held back and blended into the next batch. Concatenated output == cross_fade_concat."""
+
+    def __init__(self, fade: int) -> None:
+        self.fade = max(0, fade)
+        self.held = np.zeros(0, dtype=np.float64)
+        self.total = 0  # length of the joined audio so far, held tail included
+
+    def push(self, wave: np.ndarray, last: bool) -> np.ndarray:
+        wave = np.asarray(wave, dtype=np.float64)
+        if self.total == 0:
+            combined = wave
+        else:
+            n = min(self.fade, self.total, len(wave))
+            if n <= 0:
+                combined = np.concatenate([self.held, wave])
+            else:
+                blended = self.held[-n:] * np.linspace(1, 0, n) + wave[:n] * np.linspace(0, 1, n)
+                combined = np.concatenate([self.held[:-n], blended, wave[n:]])
+            self.total -= n
+        self.total += len(wave)
+        keep = 0 if last else min(self.fade, len(combined))
+        self.held = combined[len(combined) - keep:]
+        return combined[: len(combined) - keep].astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Batch:
+    gen_text: str
+    seed: int
+
+
+def _resolve_dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device == "cuda" else torch.float32
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+
+
+def load_arch(arch: str) -> dict:
+    """DiT arguments: an f5_tts config name (F5TTS_v1_Base) or a JSON file of arguments."""
+    path = Path(arch)
+    if path.suffix == ".json" and path.is_file():
+        return json.loads(path.read_text())
+    from omegaconf import OmegaConf
+
+    cfg_file = files("f5_tts").joinpath(f"configs/{arch}.yaml")
+    if not cfg_file.is_file():
+        raise TTSError(f"tts: F5_ARCH={arch!r} is neither an f5_tts config name nor a .json file")
+    return dict(OmegaConf.to_container(OmegaConf.load(str(cfg_file)).model.arch))
+
+
+def load_cfm(arch: dict, ckpt: Path, vocab: Path, device: str, dtype: torch.dtype):
+    """The upstream CFM(DiT) with the checkpoint's EMA weights, in `dtype`, on `device`, eval mode."""
+    from f5_tts.model import CFM, DiT
+    from f5_tts.model.utils import get_tokenizer
+
+    vocab_map, vocab_size = get_tokenizer(str(vocab), "custom")
+    model = CFM(
+        transformer=DiT(**arch, text_num_embeds=vocab_size, mel_dim=N_MELS),
+        mel_spec_kwargs={"n_fft": 1024, "hop_length": HOP, "win_length": 1024, "n_mel_channels": N_MELS,
+                         "target_sample_rate": SAMPLE_RATE, "mel_spec_type": "vocos"},
+        odeint_kwargs={"method": "euler"},
+        vocab_char_map=vocab_map,
+    )
+    if ckpt.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(ckpt), device="cpu")
+    else:
+        state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
+        state = state.get("ema_model_state_dict", state.get("model_state_dict", state))
+    # Released checkpoints hold the EMA copy ("ema_model." prefix, plus bookkeeping entries).
+    state = {k.removeprefix("ema_model."): v for k, v in state.items() if k not in ("initted", "step")}
+    for key in ("mel_spec.mel_stft.mel_scale.fb", "mel_spec.mel_stft.spectrogram.window"):
+        state.pop(key, None)
+    model.load_state_dict(state)
+    return model.to(dtype).to(device).eval()
+
+
+def load_vocos(directory: Path, device: str):
+    from vocos import Vocos
+
+    vocos = Vocos.from_hparams(str(directory / "config.yaml"))
+    state = torch.load(str(directory / "pytorch_model.bin"), map_location="cpu", weights_only=True)
+    vocos.load_state_dict(state)
+    return vocos.eval().to(device)
+
+
+class _StepGraph:
+    """One ODE step (batched CFG forward + Euler update) captured as a CUDA graph for one padded length."""
+
+    def __init__(self, step, y: torch.Tensor, pool) -> None:
+        self.y = y
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside capture: allocator and lazy kernel init
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            step()
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+class F5Synth:
+    """Warm F5-TTS: CFM/DiT + Vocos loaded once; `synthesize` yields cross-faded float32 chunks."""
+
+    def __init__(self, cfm, vocos, device: str, *, sampler: str = "fast", bucket_frames: int = 1,
+                 cuda_graphs: bool = False, compile_mode: str | None = None,
+                 first_chunk_chars: int = 0) -> None:
+        self.cfm, self.vocos, self.device = cfm, vocos, device
+        self.dit = cfm.transformer
+        self.dtype = next(self.dit.parameters()).dtype
+        self.sampler = sampler
+        self.cuda_graphs = cuda_graphs and device == "cuda"
+        self.bucket = bucket_frames if device == "cuda" else 1
+        self.first_chunk_chars = first_chunk_chars
+        self._graphs: dict[int, tuple[_StepGraph, dict[str, torch.Tensor]]] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        self._forward = self._dit_forward
+        if compile_mode:
+            self._forward = torch.compile(self._dit_forward, mode=compile_mode, dynamic=False)
+        if self.bucket > 1 or self.cuda_graphs:
+            # Padded frames must not be attended to: switch on the upstream processors' key masking.
+            for block in self.dit.transformer_blocks:
+                block.attn.processor.attn_mask_enabled = True
+        proj = self.dit.input_embed.proj
+        # Input projection split by input: [x | cond | text]; only the x part changes across steps.
+        self._w_x = proj.weight[:, :N_MELS]
+        self._w_rest = proj.weight[:, N_MELS:]
+
+    # ---- text batching -------------------------------------------------------------------------
+    def plan(self, text: str, ref_text: str, ref_seconds: float, speed: float, seed: int) -> list[Batch]:
+        max_chars = int(_utf8_len(ref_text) / ref_seconds * (BATCH_SECONDS - ref_seconds) * speed)
+        max_chars = max(max_chars, 1)
+        if self.first_chunk_chars and self.first_chunk_chars < max_chars:
+            head = chunk_text(text, self.first_chunk_chars)
+            rest = text.strip()[len(head[0]):] if head else ""
+            texts = head[:1] + chunk_text(rest, max_chars)
+        else:
+            texts = chunk_text(text, max_chars)
+        return [Batch(t, seed + i) for i, t in enumerate(texts)]
+
+    # ---- public ----------------------------------------------------------------------------------
+    def synthesize(self, text: str, ref_audio: np.ndarray, ref_text: str, *, speed: float = 1.0,
+                   nfe_step: int = 32, cfg_strength: float = 2.0, sway_sampling_coef: float = -1.0,
+                   seed: int | None = None, cross_fade_s: float = 0.15) -> Iterator[np.ndarray]:
+        ref = np.asarray(ref_audio, dtype=np.float32).reshape(-1)
+        seconds = len(ref) / SAMPLE_RATE
+        if seconds < HOP * 4 / SAMPLE_RATE:
+            raise TTSError("ref_audio: too short (need at least 0.05 s of reference speech)")
+        if seconds > MAX_REF_SECONDS:
+            raise TTSError(f"ref_audio: {seconds:.1f} s is longer than {MAX_REF_SECONDS:.0f} s; trim it")
+        if not ref_text.strip():
+            raise TTSError("ref_text: empty; give the reference transcript (or let the worker transcribe it)")
+        if not text.strip():
+            raise TTSError("text: empty")
+        if seed is None:
+            seed = random.randrange(2**31)
+            log.info("tts: no seed given, using %s", seed)
+        ref_text = _normalize_ref_text(ref_text)
+        batches = self.plan(text, ref_text, seconds, speed, seed)
+        if not batches:
+            raise TTSError("text: nothing to say after splitting into sentences")
+        with torch.inference_mode():
+            audio = torch.from_numpy(ref).to(self.device).unsqueeze(0)
+            rms = float(torch.sqrt(torch.mean(torch.square(audio))))
+            if rms < TARGET_RMS:
+                audio = audio * TARGET_RMS / max(rms, 1e-12)
+            cond = self.cfm.mel_spec(audio).permute(0, 2, 1).to(self.dtype)
+            fader = CrossFader(int(cross_fade_s * SAMPLE_RATE))
+            # Upstream appends a space after a Latin-script reference so the two texts do not fuse.
+            joiner_ref = ref_text + " " if _utf8_len(ref_text[-1]) == 1 else ref_text
+            for i, batch in enumerate(batches):
+                wave = self._one_batch(cond, audio.shape[-1] // HOP, joiner_ref, batch, speed, nfe_step,
+                                       cfg_strength, sway_sampling_coef)
+                if rms < TARGET_RMS:
+                    wave = wave * rms / TARGET_RMS
+                chunk = fader.push(wave, last=i == len(batches) - 1)
+                if len(chunk):
+                    yield chunk
+
+    # ---- one batch ---------------------------------------------------------------------------------
+    def _one_batch(self, cond, ref_frames, ref_text, batch, speed, steps, cfg, sway) -> np.ndarray:
+        from f5_tts.model.utils import convert_char_to_pinyin, list_str_to_idx
+
+        gen_len = _utf8_len(batch.gen_text)
+        local_speed = speed if gen_len >= 10 else 0.3  # upstream slows very short texts down
+        duration = ref_frames + int(ref_frames / _utf8_len(ref_text) * gen_len / local_speed)
+        chars = convert_char_to_pinyin([ref_text + batch.gen_text])
+        if self.sampler == "upstream":
+            mel = self._sample_upstream(cond, chars, duration, steps, cfg, sway, batch.seed)
+        else:
+            ids = list_str_to_idx(chars, self.cfm.vocab_char_map).to(self.device)
+            mel = self._sample_fast(cond, ids, duration, steps, cfg, sway, batch.seed)
+        mel = mel[:, ref_frames:, :].float().permute(0, 2, 1)
+        return self.vocos.decode(mel).squeeze(0).cpu().numpy()
+
+    def _sample_upstream(self, cond, chars, duration, steps, cfg, sway, seed) -> torch.Tensor:
+        mel, _ = self.cfm.sample(cond=cond, text=chars, duration=duration, steps=steps, cfg_strength=cfg,
+                                 sway_sampling_coef=sway, seed=seed)
+        return mel
+
+    def _time_grid(self, steps: int, sway: float | None) -> torch.Tensor:
+        from f5_tts.model.utils import get_epss_timesteps
+
+        t = get_epss_timesteps(steps, device=self.device, dtype=self.dtype)
+        if sway is not None:
+            t = t + sway * (torch.cos(torch.pi / 2 * t) - 1 + t)
+        return t
+
+    def _noise(self, frames: int, seed: int) -> torch.Tensor:
+        # Same stream as upstream's torch.manual_seed(seed); torch.randn(...), without touching global RNG.
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        return torch.randn(frames, N_MELS, generator=gen, device=self.device, dtype=self.dtype)
+
+    def _sample_fast(self, cond, ids, duration, steps, cfg, sway, seed) -> torch.Tensor:
+        ref_frames = cond.shape[1]
+        frames = min(max(max(ids.shape[1], ref_frames) + 1, duration), 65536)
+        padded = math.ceil(frames / self.bucket) * self.bucket
+        dit = self.dit
+        text_c = dit.text_embed(ids, frames, drop_text=False)
+        text_u = dit.text_embed(ids, frames, drop_text=True)
+        cond_full = F.pad(cond, (0, 0, 0, frames - ref_frames))
+        # x-independent part of the input projection, for (cond, uncond); uncond drops the audio too.
+        rest_c = torch.cat((cond_full, text_c), dim=-1) @ self._w_rest.T
+        rest_u = torch.cat((torch.zeros_like(cond_full), text_u), dim=-1) @ self._w_rest.T
+        const = torch.cat((rest_c, rest_u), dim=0) + self.dit.input_embed.proj.bias
+        const = F.pad(const, (0, 0, 0, padded - frames))
+        y = F.pad(self._noise(frames, seed).unsqueeze(0), (0, 0, 0, padded - frames))
+        mask = None
+        if padded != frames or self.cuda_graphs:
+            mask = (torch.arange(padded, device=self.device) < frames).unsqueeze(0).expand(2, -1)
+        t = self._time_grid(steps, sway)
+        if self.cuda_graphs:
+            y = self._run_graph(padded, y, const, mask, t, cfg)
+        else:
+            rope = dit.rotary_embed.forward_from_seq_len(padded)
+            for i in range(steps):
+                y = y + (t[i + 1] - t[i]) * self._velocity(y, const, mask, rope, t[i], cfg)
+        dit.clear_cache()
+        return y[:, :frames]
+
+    def _dit_forward(self, y, const, mask, rope, t) -> torch.Tensor:
+        dit = self.dit
+        rows = const.shape[0]  # 2 with guidance (cond, uncond), 1 without
+        h = y.expand(rows, -1, -1) @ self._w_x.T + const
+        h = dit.input_embed.conv_pos_embed(h, mask=mask) + h
+        temb = dit.time_embed(t.reshape(1).repeat(rows))
+        for block in dit.transformer_blocks:
+            h = block(h, temb, mask=mask, rope=rope)
+        return dit.proj_out(dit.norm_out(h, temb))
+
+    def _velocity(self, y, const, mask, rope, t, cfg) -> torch.Tensor:
+        if cfg < 1e-5:
+            # Upstream skips the unconditional pass entirely without guidance.
+            out = self._forward(y, const[:1], None if mask is None else mask[:1], rope, t)
+            return out
+        pred, null = self._forward(y, const, mask, rope, t).chunk(2, dim=0)
+        return pred + (pred - null) * cfg
+
+    def _run_graph(self, padded, y, const, mask, t, cfg) -> torch.Tensor:
+        entry = self._graphs.get(padded)
+        if entry is None:
+            bufs = {"y": y.clone(), "const": const.clone(), "mask": mask.clone(),
+                    "t": t[0].clone(), "dt": (t[1] - t[0]).clone(),
+                    "cfg": torch.tensor(cfg, device=self.device, dtype=self.dtype)}
+            rope = self.dit.rotary_embed.forward_from_seq_len(padded)
+
+            def step() -> None:
+                pred, null = self._forward(bufs["y"], bufs["const"], bufs["mask"], rope, bufs["t"]).chunk(2)
+                bufs["y"].add_(bufs["dt"] * (pred + (pred - null) * bufs["cfg"]))
+
+            log.info("tts: capturing a CUDA graph for %s frames", padded)
+            entry = (_StepGraph(step, bufs["y"], self._pool), bufs)
+            self._graphs[padded] = entry
+        graph, bufs = entry
+        bufs["y"].copy_(y)
+        bufs["const"].copy_(const)
+        bufs["mask"].copy_(mask)
+        bufs["cfg"].fill_(cfg)
+        for i in range(len(t) - 1):
+            bufs["t"].copy_(t[i])
+            bufs["dt"].copy_(t[i + 1] - t[i])
+            graph.replay()
+        return bufs["y"].clone()
+
+    def capture_buckets(self, max_frames: int) -> None:
+        """Pre-capture the graphs of every bucket up to max_frames, so no request pays a capture."""
+        if not self.cuda_graphs:
+            return
+        with torch.inference_mode():
+            for padded in range(self.bucket, max_frames + self.bucket, self.bucket):
+                if padded in self._graphs:
+                    continue
+                y = torch.zeros(1, padded, N_MELS, device=self.device, dtype=self.dtype)
+                const = torch.zeros(2, padded, self.dit.dim, device=self.device, dtype=self.dtype)
+                mask = torch.ones(2, padded, device=self.device, dtype=torch.bool)
+                self._run_graph(padded, y, const, mask, self._time_grid(2, None), 2.0)
+
+
+def _normalize_ref_text(ref_text: str) -> str:
+    """Upstream ends the reference transcript with sentence punctuation plus a space."""
+    ref_text = ref_text.strip()
+    if ref_text.endswith("。"):
+        return ref_text
+    if ref_text.endswith("."):
+        return ref_text + " "
+    return ref_text + ". "

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import sysconfig
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -93,14 +94,17 @@ def _build_channel(recipes: Path, out: Path) -> None:
         sys.base_prefix,
     )
     try:
-        rattler_build.build_recipes(
-            [recipes / name / "recipe.yaml" for name in PACKAGES],
-            output_dir=out,
-            channel=[out.as_uri()],
-            no_build_id=True,
-            compression_threads=1,
-            test="skip",
-        )
+        with warnings.catch_warnings():
+            # build_recipes is marked deprecated in favour of a multi-step API; it is the one-call path.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            rattler_build.build_recipes(
+                [recipes / name / "recipe.yaml" for name in PACKAGES],
+                output_dir=out,
+                channel=[out.as_uri()],
+                no_build_id=True,
+                compression_threads=1,
+                test="skip",
+            )
     except Exception as exc:  # rattler-build's errors carry the failing script's output
         raise PackError("example", f"py-rattler-build failed: {exc}", "read the build log above") from exc
     for leftover in ("bld", "src_cache"):

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from packtest_helpers import Packed, build_wheel, options_for, pip_lock_for
 
 from pack import example
 from pack.build import build
-from packtest_helpers import Packed, build_wheel, options_for, pip_lock_for
 
 
 @pytest.fixture(scope="session")

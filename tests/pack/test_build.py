@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from packtest_helpers import PART_SIZE, Packed, options_for
 
 from pack.build import DEFAULT_SOURCE_DATE_EPOCH, build
 from worker.bootstrap.manifest import GITHUB_ASSET_LIMIT, read_manifest, sha256_file
-
-from packtest_helpers import PART_SIZE, Packed, options_for
 
 
 def _stream(out: Path, manifest) -> bytes:

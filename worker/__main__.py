@@ -1,0 +1,80 @@
+"""`python -m worker`: the serverless worker, started by the bootstrap inside the installed env.
+
+Startup order (nothing takes a job before the models can serve):
+1. configuration from the environment (worker/config.py), checked;
+2. model files present: local directories as they are, pinned hub revisions downloaded onto the volume
+   once (under a lease, atomic commit; worker/models.py), then HF_HUB_OFFLINE=1;
+3. Engine.load: F5-TTS + vocoder, WhisperX ASR + the default language's alignment model;
+4. one warm-up inference of each model;
+5. runpod.serverless.start with the job handler (worker/handler.py).
+A failure before 5 logs one line naming the phase and what to do, and exits non-zero, so RunPod marks
+the worker unhealthy instead of leaving it up without models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+from worker.config import ConfigError, WorkerConfig
+
+log = logging.getLogger("worker")
+
+
+def prepare(config: WorkerConfig, *, warmup: bool = True):
+    """Steps 2-4: a warm Engine, ready to serve."""
+    from worker.engine import Engine
+
+    started = time.monotonic()
+    engine = Engine.load(config)
+    # Every model is on local disk now: keep every library off the hub for the life of the process.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    if warmup:
+        engine.warmup()
+    log.info("worker: ready in %.1f s (device %s)", time.monotonic() - started, engine.device)
+    return engine
+
+
+def serve(engine, config: WorkerConfig) -> None:
+    """Step 5: hand the warm engine to the runpod SDK (which reads its own flags from sys.argv)."""
+    import runpod
+
+    from worker.handler import make_handler
+
+    runpod.serverless.start({"handler": make_handler(engine, config), "return_aggregate_stream": True})
+
+
+def _configure_logging() -> None:
+    level = os.environ.get("WORKER_LOG_LEVEL", "INFO").upper()
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, stream=sys.stderr, format=fmt)
+
+
+def main() -> int:
+    _configure_logging()
+    phase = "config"
+    try:
+        config = WorkerConfig.from_env()
+        phase = "models"
+        engine = prepare(config)
+    except ConfigError as exc:
+        log.error("worker: %s (phase %s); fix the variable and restart", exc, phase)
+        return 2
+    except Exception as exc:
+        from worker.engine import EngineError
+        from worker.models import ModelError
+
+        if isinstance(exc, ModelError | EngineError):
+            log.error("worker: %s (phase %s)", exc, phase)
+            return 2
+        log.exception("worker: startup failed in phase %s: %s", phase, exc)
+        return 1
+    serve(engine, config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""The installer: manifest -> verified, relocated, committed env on the volume. Phases in order.
+
+Warm path (env ready): read the manifest (from the volume's cache when pinned), read the marker and
+the tree's stamp, register "in use": a few small files, no hashing, no network when pinned.
+Cold path: under the env's lease, download (parallel, resumable) while extracting the same bytes
+into the final directory, check every part and the whole archive, relocate, write the marker last.
+Heavy modules (urllib, zstandard, tarfile) are imported only on the paths that need them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import commit as commit_phase
+from . import preflight
+from .config import Config
+from .errors import BootstrapError
+from .layout import INSTALL_ID_FILE, Layout
+from .lease import InUse, Lease, LeaseLost, write_atomic
+from .manifest import Manifest, ManifestError, parse_manifest
+
+log = logging.getLogger("install")
+mlog = logging.getLogger("manifest")
+
+MAX_EXTRACT_ROUNDS = 4
+
+
+@dataclass
+class Result:
+    env_id: str
+    path: Path
+    volume: Path
+    downloaded_bytes: int = 0
+    warm: bool = False
+    waited_s: float = 0.0
+    seconds: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+    in_use: InUse | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": "ready", "env_id": self.env_id, "path": str(self.path),
+                "downloaded_bytes": self.downloaded_bytes, "warm": self.warm, "volume": str(self.volume),
+                "waited_s": round(self.waited_s, 3), "seconds": round(self.seconds, 3), **self.stats}
+
+
+class Phase:
+    """Logs a phase's start, end and duration; turns a lost lease into a clear failure."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.log = logging.getLogger(name)
+
+    def __enter__(self) -> Phase:
+        self.t0 = time.monotonic()
+        self.log.info("start")
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        took = time.monotonic() - self.t0
+        if exc is None:
+            self.log.info("done in %.2f s", took)
+        else:
+            self.log.info("failed after %.2f s", took)
+        if isinstance(exc, LeaseLost):
+            raise BootstrapError("lease", str(exc), "nothing to do: the other installer finishes the job and "
+                                 "the next start uses its result") from None
+
+
+# -- manifest ----------------------------------------------------------------------------------------
+def load_manifest(config: Config, layout: Layout | None) -> Manifest:
+    if not config.manifest_url:
+        raise BootstrapError("manifest", "no manifest URL", "pass --manifest-url or set MANIFEST_URL")
+    pin = config.manifest_sha256
+    cached = layout.manifests / f"{pin}.json" if (pin and layout) else None
+    data: bytes | None = None
+    if cached is not None:
+        try:
+            data = cached.read_bytes()
+            if hashlib.sha256(data).hexdigest() != pin:
+                data = None
+            else:
+                mlog.info("using pinned manifest cached at %s", cached)
+        except OSError:
+            data = None
+    if data is None:
+        data = _fetch_manifest(config)
+        got = hashlib.sha256(data).hexdigest()
+        if pin and got != pin:
+            raise BootstrapError(
+                "manifest",
+                f"manifest at {config.manifest_url} has sha256 {got}, but this image is pinned to {pin}",
+                "point MANIFEST_URL at the release this image was built for, or rebuild the image with the "
+                "new MANIFEST_SHA256")
+        if cached is not None:
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(cached, data)
+            except OSError as exc:
+                mlog.warning("could not cache the manifest at %s: %s", cached, exc)
+    try:
+        return parse_manifest(data)
+    except ManifestError as exc:
+        raise BootstrapError("manifest", str(exc), "use a manifest.json written by `just pack` (format 1)"
+                             ) from None
+
+
+def transport_for(config: Config) -> Any:
+    import urllib.parse
+
+    from .fetch import RetryPolicy, Transport
+
+    return Transport(token=config.token, token_host=urllib.parse.urlsplit(config.manifest_url or "").hostname,
+                     timeout_s=config.http_timeout_s,
+                     policy=RetryPolicy(attempts=config.retries, backoff_max_s=config.backoff_max_s))
+
+
+def _fetch_manifest(config: Config) -> bytes:
+    assert config.manifest_url
+    mlog.info("fetching %s", config.manifest_url)
+    return transport_for(config).read_small(config.manifest_url)
+
+
+# -- the whole install ---------------------------------------------------------------------------------
+def install(config: Config, on_layout: Callable[[Layout], None] = lambda _: None) -> Result:
+    t0 = time.monotonic()
+    with Phase("preflight"):
+        volume = preflight.choose_volume(config.volume, config.volume_fallback, config.container_dir)
+    layout = Layout(volume)
+    on_layout(layout)
+    with Phase("manifest"):
+        manifest = load_manifest(config, layout if layout.root.is_dir() else None)
+        mlog.info("env %s (%s): %d part(s), %.1f MB", manifest.env_id, manifest.name or "unnamed",
+                  len(manifest.parts), manifest.archive.size / 1e6)
+    from .relocate import destination
+
+    env_dir = destination(manifest.dest_prefix, layout.env_dir(manifest.env_id))
+    in_use = _register(layout, manifest.env_id)
+    path = commit_phase.ready_path(layout, manifest)
+    if path is not None:
+        log.info("env %s is ready at %s: nothing to download", manifest.env_id, path)
+        return Result(manifest.env_id, path, volume, warm=True, seconds=time.monotonic() - t0, in_use=in_use)
+    result = _cold(config, layout, manifest, env_dir)
+    result.in_use = in_use
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def _register(layout: Layout, env_id: str) -> InUse | None:
+    # Before the marker is read: GC checks registrations after removing a marker (see gc.py).
+    try:
+        reg = InUse.for_env(layout.in_use_dir(env_id))
+        reg.touch()
+        return reg
+    except OSError as exc:
+        log.warning("could not register as a user of %s: %s", env_id, exc)
+        return None
+
+
+def _cold(config: Config, layout: Layout, manifest: Manifest, env_dir: Path) -> Result:
+    with Phase("preflight"):
+        preflight.check_writable(layout)
+    lease = Lease(layout.lease(manifest.env_id), ttl_s=config.lease_ttl_s, heartbeat_s=config.heartbeat_s,
+                  log_every_s=config.progress_s)
+    t_wait = time.monotonic()
+    with Phase("lease"):
+        try:
+            lease.acquire(timeout_s=config.wait_timeout_s or None)
+        except TimeoutError:
+            holder = lease.holder() or {}
+            raise BootstrapError("lease",
+                                 f"another installer (pid {holder.get('pid')} on {holder.get('host')}) "
+                                 f"still works on {manifest.env_id} after {config.wait_timeout_s:.0f} s",
+                                 "raise BOOTSTRAP_WAIT_TIMEOUT, or check that installer's log") from None
+    waited = time.monotonic() - t_wait
+    try:
+        path = commit_phase.ready_path(layout, manifest)
+        if path is not None:
+            log.info("another installer finished %s while we waited %.1f s", manifest.env_id, waited)
+            return Result(manifest.env_id, path, layout.root, waited_s=waited)
+        downloaded, stats = _install_locked(config, layout, manifest, env_dir, lease)
+    finally:
+        lease.release()
+    result = Result(manifest.env_id, env_dir, layout.root, downloaded_bytes=downloaded, waited_s=waited,
+                    stats=stats)
+    with Phase("gc"):
+        from . import gc
+
+        try:
+            gc.collect(layout, config.keep_envs, manifest.env_id, config.lease_ttl_s)
+        except OSError as exc:
+            logging.getLogger("gc").warning("garbage collection failed (the install is fine): %s", exc)
+    return result
+
+
+def _install_locked(config: Config, layout: Layout, manifest: Manifest, env_dir: Path,
+                    lease: Lease) -> tuple[int, dict[str, Any]]:
+    from . import gc
+    from .download import Downloads
+    from .relocate import relocate
+
+    with Phase("preflight"):
+        gc.empty_trash(layout)
+        if env_dir.exists():
+            log.warning("removing the incomplete tree %s left by an interrupted install", env_dir)
+            gc.to_trash(layout, env_dir)
+        _check_space(config, layout, manifest, env_dir)
+    downloads = Downloads(manifest, str(config.manifest_url), layout.download_dir(manifest.env_id),
+                          transport_for(config), config.parallel, check=lease.check)
+    reporter = _Progress(downloads, config.progress_s, lease)
+    try:
+        with Phase("download"):
+            downloads.start()
+            reporter.start()
+            install_id, stats = _extract_verified(layout, manifest, env_dir, downloads, lease, reporter)
+    finally:
+        reporter.stop()
+        downloads.cancel()
+    with Phase("relocate"):
+        relocated = relocate(env_dir)
+    with Phase("commit"):
+        lease.check()
+        info = {"files": stats.files, "unpacked_bytes": stats.bytes, "relocated": relocated}
+        commit_phase.commit(layout, manifest, env_dir, install_id, info)
+    import shutil
+
+    shutil.rmtree(layout.download_dir(manifest.env_id), ignore_errors=True)  # the env holds it all now
+    return downloads.network_bytes, info
+
+
+def _check_space(config: Config, layout: Layout, manifest: Manifest, env_dir: Path) -> None:
+    from . import gc
+
+    need = preflight.needed_bytes(manifest.archive.size, manifest.unpacked_size,
+                                  preflight.downloaded_bytes(layout.download_dir(manifest.env_id)))
+    try:
+        preflight.check_space(env_dir.parent, need)
+    except BootstrapError:
+        removed = gc.collect(layout, config.keep_envs, manifest.env_id, config.lease_ttl_s)
+        if not removed:
+            raise
+        preflight.check_space(env_dir.parent, need)
+
+
+def _extract_verified(layout: Layout, manifest: Manifest, env_dir: Path, downloads: Any, lease: Lease,
+                      reporter: _Progress) -> tuple[str, Any]:
+    from . import gc
+    from .download import ArchiveStream, StreamRestart
+    from .extract import ExtractError, Extractor
+    from .manifest import sha256_file
+
+    for round_ in range(1, MAX_EXTRACT_ROUNDS + 1):
+        install_id = commit_phase.new_install_id(env_dir)
+        stream = ArchiveStream(downloads)
+        extractor = Extractor(env_dir, check=lease.check, keep={INSTALL_ID_FILE})
+        reporter.extractor = extractor
+        try:
+            with Phase("extract"):
+                extractor.run(stream)
+                stream.drain()
+            downloads.wait()
+            got = stream.sha256.hexdigest()
+            if got == manifest.archive.sha256:
+                log.info("archive sha256 verified (%s)", got)
+                return install_id, extractor.stats
+            bad = [f.index for f in downloads.files if sha256_file(f.final) != f.part.sha256]
+            if not bad:
+                raise BootstrapError("download", f"every part matches its sha256 but the whole archive has "
+                                     f"{got}, not {manifest.archive.sha256}",
+                                     "the manifest is inconsistent: re-publish the release with `just pack`")
+            log.warning("part(s) %s changed on disk after verification: fetching them again",
+                        ", ".join(downloads.files[i].part.name for i in bad))
+            downloads.redo(bad)
+        except StreamRestart as exc:
+            log.warning("extraction restarts from verified parts: %s", exc)
+            downloads.wait()
+        except ExtractError:
+            # Bytes that later failed verification can look like a broken archive: blame the
+            # archive only when everything the extractor read was verified.
+            downloads.wait()
+            if not stream.saw_refetched_part():
+                raise
+            log.warning("extraction read a part that was fetched again: starting over from verified parts")
+        finally:
+            stream.close()
+        gc.to_trash(layout, env_dir)
+        if round_ == MAX_EXTRACT_ROUNDS:
+            break
+    raise BootstrapError("download", f"the archive did not verify after {MAX_EXTRACT_ROUNDS} rounds",
+                         "the volume or the network corrupts data: check the volume, then retry")
+
+
+class _Progress:
+    """A progress line every few seconds (bytes, MB/s, ETA), also published to lease waiters."""
+
+    def __init__(self, downloads: Any, every_s: float, lease: Lease) -> None:
+        self.downloads = downloads
+        self.every_s = every_s
+        self.lease = lease
+        self.extractor: Any = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        dlog = logging.getLogger("download")
+        total = max(1, self.downloads.total)
+        last_t, last_b = time.monotonic(), self.downloads.on_disk
+        while not self._stop.wait(self.every_s):
+            now, done = time.monotonic(), self.downloads.on_disk
+            rate = (done - last_b) / max(1e-6, now - last_t)
+            last_t, last_b = now, done
+            eta = f"{(total - done) / rate:.0f} s" if rate > 0 else "?"
+            msg = (f"{done / 1e6:,.1f} of {total / 1e6:,.1f} MB ({100 * done / total:.0f}%), "
+                   f"{rate / 1e6:.1f} MB/s, ETA {eta}")
+            if self.extractor is not None:
+                st = self.extractor.stats
+                msg += f"; extracted {st.files:,} files ({st.bytes / 1e6:,.1f} MB)"
+            dlog.info("%s", msg)
+            self.lease.set_progress({"message": msg, "bytes": done, "total": total, "time": time.time()})
+
+
+def record_run(layout: Layout, doc: dict[str, Any]) -> None:
+    """One JSON line per run in logs/runs.jsonl; a failure also replaces logs/last-failure.json."""
+    try:
+        layout.logs.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"time": time.time(), **doc}, default=str)
+        with open(layout.logs / "runs.jsonl", "a") as fh:
+            fh.write(line + "\n")
+        if doc.get("status") == "failed":
+            write_atomic(layout.logs / "last-failure.json", line.encode())
+    except OSError as exc:
+        log.warning("could not write the run log under %s: %s", layout.logs, exc)

@@ -45,12 +45,20 @@ from typing import Any
 from worker.audio import MIME, AudioError, b64
 from worker.jobs import Jobs
 from worker.limits import JobLimits
-from worker.schema import JobInputError, TranscribeRequest, TtsRequest, VoicesRequest, parse_job
+from worker.schema import (
+    JobInputError,
+    TranscribeRequest,
+    TtsRequest,
+    VoicesRequest,
+    accepted_fields,
+    parse_job,
+)
 from worker.urlfetch import FetchError
 from worker.voices import VoiceError
 
 log = logging.getLogger(__name__)
 
+_JOB_FIELDS = frozenset(accepted_fields("tts")) | frozenset(accepted_fields("transcribe"))
 _FATAL_MARKERS = ("CUDA error", "CUDA out of memory", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error",
                   "device-side assert", "NCCL error", "illegal memory access")
 
@@ -89,7 +97,7 @@ class Handler:
     def _failure(self, err: BaseException, job_id: str) -> dict:
         if isinstance(err, _input_errors()):
             log.info("handler: job %s refused: %s", job_id, err)
-            return {"error": str(err)}
+            return {"error": _as_input_field(str(err))}
         if is_fatal(err):
             log.error("handler: job %s hit a GPU fault; asking for a fresh worker: %s", job_id, err)
             if self.on_fatal is not None:
@@ -146,6 +154,14 @@ class Handler:
         log.info("handler: job %s output (%d bytes, %s) uploaded to the bucket", job_id, len(encoded),
                  MIME[fmt])
         return {"audio_url": url, **_within(output, limit)}
+
+
+def _as_input_field(message: str) -> str:
+    """The engine names fields bare ("language: ..."); jobs see them as "input.language: ..."."""
+    name = message.split(":", 1)[0]
+    if name in _JOB_FIELDS and ":" in message:
+        return "input." + message
+    return message
 
 
 def _within(output: dict, limit: int) -> dict:

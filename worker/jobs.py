@@ -20,7 +20,7 @@ import numpy as np
 
 from worker import audio, subtitles
 from worker.limits import JobLimits
-from worker.schema import TranscribeRequest, TtsRequest
+from worker.schema import JobInputError, TranscribeRequest, TtsRequest
 from worker.urlfetch import FetchPolicy
 from worker.voices import VoiceLibrary
 
@@ -92,7 +92,6 @@ def words_json(words: Sequence[Any]) -> list[dict]:
 class _Reference:
     samples: np.ndarray  # at the engine's TTS rate
     ref_text: str
-    language: str | None
 
 
 class Jobs:
@@ -122,12 +121,12 @@ class Jobs:
         clip = audio.decode(data, field, self.limits.max_ref_seconds)
         samples = audio.to_rate(clip, self.engine.sample_rate)
         if given_text:
-            return _Reference(samples, given_text.strip(), request.language)
+            return _Reference(samples, given_text.strip())
         transcript = self._transcribe_reference(data, clip, request.language)
         if not transcript.text.strip():
             raise audio.AudioError(f"{field}: no speech was recognised in the reference audio; send its "
                                    "transcript in input.ref_text")
-        return _Reference(samples, transcript.text.strip(), request.language or transcript.language)
+        return _Reference(samples, transcript.text.strip())
 
     def _transcribe_reference(self, data: bytes, clip: audio.Clip, language: str | None) -> RefTranscript:
         key = hashlib.sha256(data).hexdigest() + f":{language or ''}"
@@ -135,11 +134,21 @@ class Jobs:
         if cached is not None:
             return cached
         asr_audio = audio.to_rate(clip, self.engine.asr_sample_rate)
-        result = self.engine.transcribe(asr_audio, language=language, word_timestamps=False)
+        result = self._asr(asr_audio, language, words=False)
         found = RefTranscript(result.text, result.language or language)
         self.ref_texts.put(key, found)
         log.info("jobs: transcribed a %.1f s reference (%d chars)", clip.duration, len(found.text))
         return found
+
+    def _asr(self, samples: np.ndarray, language: str | None, words: bool) -> Any:
+        try:
+            return self.engine.transcribe(samples, language=language, word_timestamps=words)
+        except ValueError as err:
+            # faster-whisper refuses a code it does not know with a plain ValueError naming it.
+            if language and type(err) is ValueError and "language" in str(err):
+                raise JobInputError([f"input.language: {language!r} is not a language the speech model "
+                                     "knows (ISO 639-1 codes such as en, de, zh)"]) from err
+            raise
 
     def _params(self, request: TtsRequest) -> Any:
         from worker.engine import SynthesisParams
@@ -148,15 +157,17 @@ class Jobs:
                                cfg_strength=request.cfg_strength,
                                sway_sampling_coef=request.sway_sampling_coef, seed=request.seed)
 
-    def _words(self, request: TtsRequest, samples: np.ndarray, language: str | None) -> list[dict]:
+    def _words(self, request: TtsRequest, samples: np.ndarray) -> list[dict]:
+        # The language of the text, not the one detected in the reference: cloning across languages
+        # is allowed, and a detected language may have no alignment model.
         asr_audio = audio.resample(samples, self.engine.sample_rate, self.engine.asr_sample_rate)
-        return words_json(self.engine.align(asr_audio, request.text, language or self.default_language))
+        language = request.language or self.default_language
+        return words_json(self.engine.align(asr_audio, request.text, language))
 
-    def _annotate(self, request: TtsRequest, out: dict, samples: np.ndarray, ref: _Reference,
-                  timings: dict) -> None:
+    def _annotate(self, request: TtsRequest, out: dict, samples: np.ndarray, timings: dict) -> None:
         if request.timestamps or request.subtitles:
             started = time.perf_counter()
-            words = self._words(request, samples, ref.language)
+            words = self._words(request, samples)
             timings["align"] = round(time.perf_counter() - started, 4)
             if request.timestamps:
                 out["words"] = words
@@ -179,7 +190,7 @@ class Jobs:
         rate = request.sample_rate or self.engine.sample_rate
         out: dict = {"format": request.format, "sample_rate": rate,
                      "duration": round(len(samples) / self.engine.sample_rate, 3), "ref_text": ref.ref_text}
-        self._annotate(request, out, samples, ref, timings)
+        self._annotate(request, out, samples, timings)
         encoded = audio.encode(audio.resample(samples, self.engine.sample_rate, rate), rate, request.format)
         timings["total"] = round(time.perf_counter() - start, 4)
         out["timings"] = timings
@@ -212,7 +223,7 @@ class Jobs:
         summary: dict = {"done": True, "chunks": index, "format": request.format, "sample_rate": rate,
                          "duration": round(len(samples) / self.engine.sample_rate, 3),
                          "ref_text": ref.ref_text}
-        self._annotate(request, summary, samples, ref, timings)
+        self._annotate(request, summary, samples, timings)
         timings["total"] = round(time.perf_counter() - start, 4)
         summary["timings"] = timings
         yield summary
@@ -226,7 +237,7 @@ class Jobs:
         timings: dict = {"prep": round(time.perf_counter() - start, 4)}
         asr_start = time.perf_counter()
         want_words = request.timestamps or request.subtitles is not None
-        result = self.engine.transcribe(samples, language=request.language, word_timestamps=want_words)
+        result = self._asr(samples, request.language, words=want_words)
         timings["transcribe"] = round(time.perf_counter() - asr_start, 4)
         out: dict = {
             "text": result.text, "language": result.language, "duration": round(clip.duration, 3),

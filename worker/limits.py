@@ -8,7 +8,7 @@ Environment variables (all optional; defaults in brackets):
 
 ``WORKER_MAX_TEXT_CHARS`` [5000]           longest ``text`` a TTS job may ask for
 ``WORKER_MAX_AUDIO_BYTES`` [25000000]      largest reference/input audio file (decoded bytes)
-``WORKER_MAX_REF_SECONDS`` [30]            longest reference audio for TTS
+``WORKER_MAX_REF_SECONDS`` [20]            longest reference audio for TTS
 ``WORKER_MAX_TRANSCRIBE_SECONDS`` [1800]   longest audio a transcribe job may send
 ``WORKER_URL_TIMEOUT_S`` [20]              whole-download deadline for an http(s) audio URL
 ``WORKER_URL_MAX_REDIRECTS`` [5]           redirects followed (each hop re-checked)
@@ -44,7 +44,7 @@ class LimitsError(ValueError):
 class JobLimits:
     max_text_chars: int = 5000
     max_audio_bytes: int = 25_000_000
-    max_ref_seconds: float = 30.0
+    max_ref_seconds: float = 20.0
     max_transcribe_seconds: float = 1800.0
     url_timeout_s: float = 20.0
     url_max_redirects: int = 5

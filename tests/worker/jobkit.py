@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile
@@ -134,3 +136,18 @@ class AudioServer:
 def serve_audio() -> Iterator[AudioServer]:
     with AudioServer() as server:
         yield server
+
+
+@functools.cache
+def tiny_engine() -> tuple[Any, Any]:
+    """The real Engine on the tiny generated models, loaded once per test process."""
+    from worker.engine import Engine
+    from worker.tiny import tiny_config
+
+    config = tiny_config(TINY_CACHE)
+    return Engine.load(config), config
+
+
+def decode_b64(text: str) -> tuple[np.ndarray, int]:
+    samples, rate = soundfile.read(io.BytesIO(base64.b64decode(text)), dtype="float32")
+    return samples, rate

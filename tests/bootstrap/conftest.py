@@ -42,6 +42,7 @@ print("relocated to", prefix)
 
 # bin/python: a real interpreter that reports what it was started with, instead of running the worker.
 PYTHON_SHIM = f"""#!/bin/sh
+cd /
 exec {sys.executable} -c 'import importlib.util, json, os, sys
 print(json.dumps({{"argv": sys.argv[1:], "env": dict(os.environ),
                    "worker_origin": importlib.util.find_spec("worker").origin}}))' "$@"
@@ -152,7 +153,8 @@ class Faults:
     status: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (code, times)
     corrupt_once: set[str] = field(default_factory=set)
     missing: set[str] = field(default_factory=set)
-    delay_per_chunk: float = 0.0  # seconds per 16 KiB: a slow server
+    delay_per_chunk: float = 0.0  # seconds before each chunk: a slow server
+    chunk: int = 16384
     redirect_to: str | None = None  # parts answered with 302 to this base URL
     require_token: str | None = None
     ignore_range: bool = False
@@ -247,13 +249,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         view = memoryview(body)[:limit]
         try:
-            for i in range(0, len(view), 16384):
-                chunk = view[i:i + 16384]
-                self.wfile.write(chunk)
-                with st.lock:
-                    st.bytes_served += len(chunk)
+            for i in range(0, len(view), f.chunk):
+                chunk = view[i:i + f.chunk]
                 if f.delay_per_chunk:
                     time.sleep(f.delay_per_chunk)
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                with st.lock:
+                    st.bytes_served += len(chunk)
             if limit < len(body):
                 self.wfile.flush()
                 self.close_connection = True
@@ -286,7 +289,7 @@ def bootstrap_env(**over: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("RUNPOD_", "BOOTSTRAP_", "MANIFEST_")) and k != "GITHUB_TOKEN"}
     env.update(PYTHONPATH=str(ROOT), BOOTSTRAP_LEASE_TTL="3", BOOTSTRAP_PROGRESS_INTERVAL="0.3",
-               BOOTSTRAP_BACKOFF_MAX="0.2", BOOTSTRAP_CONTAINER_DIR="/nonexistent-container-dir")
+               BOOTSTRAP_BACKOFF_MAX="0.2", BOOTSTRAP_VOLUME_FALLBACK="fail")
     env.update(over)
     return env
 

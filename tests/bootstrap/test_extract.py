@@ -51,7 +51,8 @@ HOSTILE: dict[str, Callable[[], bytes]] = {
                                           _m("alias/file", data=b"x")),
     "hardlink-out": lambda: _tar(_m("h", tarfile.LNKTYPE, link="/etc/passwd")),
     "hardlink-dotdot": lambda: _tar(_m("h", tarfile.LNKTYPE, link="../outside/file")),
-    "hardlink-to-symlink": lambda: _tar(_m("s", tarfile.SYMTYPE, link="x"), _m("h", tarfile.LNKTYPE, link="s")),
+    "hardlink-to-symlink": lambda: _tar(_m("s", tarfile.SYMTYPE, link="x"),
+                                        _m("h", tarfile.LNKTYPE, link="s")),
     "chardev": lambda: _tar(_m("dev", tarfile.CHRTYPE)),
     "blockdev": lambda: _tar(_m("dev", tarfile.BLKTYPE)),
     "fifo": lambda: _tar(_m("fifo", tarfile.FIFOTYPE)),
@@ -109,7 +110,8 @@ def test_truncated_archive(tmp_path: Path) -> None:
 def test_hostile_artifact_end_to_end(tmp_path: Path, server: Server) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
-    write_artifact(server.root, _tar(_m("ok", data=b"fine"), _m("link", tarfile.SYMTYPE, link="../../../outside"),
+    write_artifact(server.root, _tar(_m("ok", data=b"fine"),
+                                     _m("link", tarfile.SYMTYPE, link="../../../outside"),
                                      _m("link/pwned", data=b"x")))
     vol = tmp_path / "vol"
     vol.mkdir()

@@ -211,7 +211,8 @@ def _unknown_fields(job_input: Mapping[str, Any], task: str) -> list[str]:
     for key in job_input:
         if key in accepted:
             continue
-        name = key if isinstance(key, str) else repr(key)
+        printable = isinstance(key, str) and key.isprintable() and len(key) <= 40
+        name = key if printable else _show(key)
         hint = difflib.get_close_matches(name, accepted, n=1)
         guess = f" Did you mean '{hint[0]}'?" if hint else ""
         issues.append(f"input.{name}: unknown field for task '{task}'.{guess} "

@@ -23,8 +23,7 @@ def build_wheel(dest: Path) -> Path:
     files = {
         f"{NAME}/__init__.py": b"import sys\n\n\ndef main():\n    print('tinypkg in', sys.prefix)\n",
         f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {NAME}\nVersion: {VERSION}\n".encode(),
-        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
-        b"Tag: py3-none-any\n",
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
         f"{info}/entry_points.txt": f"[console_scripts]\ntinycmd = {NAME}:main\n".encode(),
     }
     record = "".join(f"{path},{_record_hash(data)},{len(data)}\n" for path, data in files.items())

@@ -126,7 +126,9 @@ class Engine:
         cfm = tts.load_cfm(tts.load_arch(config.f5_arch), paths["ckpt"], paths["vocab"], device, dtype)
         vocos = tts.load_vocos(paths["vocoder"], device)
         synth = tts.F5Synth(
-            cfm, vocos, device, sampler=config.f5_sampler, bucket_frames=config.f5_bucket_frames,
+            cfm, vocos, device, sampler=config.f5_sampler,
+            # Padding only pays for itself where graphs are replayed per bucket.
+            bucket_frames=config.f5_bucket_frames if device == "cuda" else 1,
             cuda_graphs=config.f5_cuda_graphs,
             compile_mode=config.f5_compile_mode if config.f5_compile else None,
             first_chunk_chars=config.f5_first_chunk_chars,

@@ -200,7 +200,7 @@ class F5Synth:
         self.dtype = next(self.dit.parameters()).dtype
         self.sampler = sampler
         self.cuda_graphs = cuda_graphs and device == "cuda"
-        self.bucket = bucket_frames if device == "cuda" else 1
+        self.bucket = max(1, bucket_frames)
         self.first_chunk_chars = first_chunk_chars
         self._graphs: dict[int, tuple[_StepGraph, dict[str, torch.Tensor]]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
@@ -326,7 +326,9 @@ class F5Synth:
             for i in range(steps):
                 y = y + (t[i + 1] - t[i]) * self._velocity(y, const, mask, rope, t[i], cfg)
         dit.clear_cache()
-        return y[:, :frames]
+        # Like upstream, the reference frames of the result are the reference itself. The mel of the
+        # reference has one frame more than the caller's slice point (centered STFT), so this shows.
+        return torch.cat((cond, y[:, ref_frames:frames]), dim=1)
 
     def _dit_forward(self, y, const, mask, rope, t) -> torch.Tensor:
         dit = self.dit

@@ -27,10 +27,12 @@ keeps serving; a CUDA error or out-of-memory yields ``{"error": ..., "refresh_wo
 runpod to restart the worker after the job.
 
 Two handler shapes, because runpod fixes streaming per handler, not per job (``inspect.
-isgeneratorfunction``): ``make_handler`` is a generator (needed for ``stream: true``; runpod then returns
-``output`` as the list of yielded items, so a non-streamed job's output is a list of one dict, which must
-fit one stream item); ``make_plain_handler`` returns the dict itself (no streaming; inline up to
-WORKER_MAX_RESPONSE_BYTES). ``start_config`` builds what ``runpod.serverless.start`` takes.
+isgeneratorfunction``): ``make_streaming_handler`` is a generator (needed for ``stream: true``; runpod
+then returns ``output`` as the list of yielded items, so a non-streamed job's output is a list of one
+dict, which must fit one stream item); ``make_plain_handler`` returns the dict itself (no streaming;
+inline up to WORKER_MAX_RESPONSE_BYTES). ``make_handler`` picks one (``wants_streaming``: streaming
+unless WORKER_STREAMING=0 or runpod runs a local ``--test_input`` job, which cannot iterate a
+generator); ``start_config`` builds what ``runpod.serverless.start`` takes and wires ``refresh_worker``.
 """
 
 from __future__ import annotations
@@ -172,8 +174,8 @@ def _within(output: dict, limit: int) -> dict:
     return output
 
 
-def make_handler(engine: Any, config: Any, limits: JobLimits | None = None,
-                 on_fatal: Callable[[], None] | None = None) -> Callable[[dict], Iterator[dict]]:
+def make_streaming_handler(engine: Any, config: Any, limits: JobLimits | None = None,
+                           on_fatal: Callable[[], None] | None = None) -> Callable[[dict], Iterator[dict]]:
     """The generator handler (per-job ``stream: true``); pair it with ``return_aggregate_stream``."""
     core = Handler(engine, config, limits, on_fatal)
 
@@ -210,23 +212,33 @@ def runs_local_test(argv: list[str] | None = None, env: dict | None = None) -> b
     return env.get("RUNPOD_WEBHOOK_GET_JOB") is None
 
 
+def wants_streaming() -> bool:
+    """The generator handler unless WORKER_STREAMING=0 or runpod is about to run a local test job."""
+    wanted = os.environ.get("WORKER_STREAMING", "1").strip().lower() not in ("0", "false", "no", "off")
+    return wanted and not runs_local_test()
+
+
+def make_handler(engine: Any, config: Any, limits: JobLimits | None = None,
+                 on_fatal: Callable[[], None] | None = None, *, streaming: bool | None = None
+                 ) -> Callable[[dict], Any]:
+    """The job handler: the generator (streaming) one, or with ``streaming`` False, or None and
+    ``wants_streaming()`` saying no, the plain one."""
+    if streaming is None:
+        streaming = wants_streaming()
+    log.info("handler: %s handler", "streaming (generator)" if streaming else "plain")
+    if streaming:
+        return make_streaming_handler(engine, config, limits, on_fatal)
+    return make_plain_handler(engine, config, limits)
+
+
 def start_config(engine: Any, config: Any, limits: JobLimits | None = None, *,
                  streaming: bool | None = None) -> dict:
-    """What ``runpod.serverless.start`` takes.
+    """What ``runpod.serverless.start`` takes: ``runpod.serverless.start(start_config(engine, config))``.
 
-    ``streaming`` None (the default) picks the generator handler, except when WORKER_STREAMING=0 or
-    runpod is about to run a local test job (see ``runs_local_test``), which need the plain one. A
-    generator handler cannot return ``refresh_worker`` (runpod reads it only from a plain handler's
-    dict), so on a GPU fault it sets the flag on this dict, which runpod's job loop checks after
-    every job."""
-    if streaming is None:
-        wanted = os.environ.get("WORKER_STREAMING", "1").strip().lower() not in ("0", "false", "no", "off")
-        streaming = wanted and not runs_local_test()
+    A generator handler cannot return ``refresh_worker`` (runpod reads it only from a plain handler's
+    dict), so on a GPU fault it sets the flag on this dict, which runpod's job loop checks after every
+    job; use this rather than ``make_handler`` alone so that works."""
     start: dict = {"return_aggregate_stream": True}
-    if streaming:
-        start["handler"] = make_handler(engine, config, limits,
-                                        on_fatal=lambda: start.__setitem__("refresh_worker", True))
-    else:
-        start["handler"] = make_plain_handler(engine, config, limits)
-    log.info("handler: %s handler", "streaming (generator)" if streaming else "plain")
+    start["handler"] = make_handler(engine, config, limits, streaming=streaming,
+                                    on_fatal=lambda: start.__setitem__("refresh_worker", True))
     return start

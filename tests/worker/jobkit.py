@@ -151,3 +151,18 @@ def tiny_engine() -> tuple[Any, Any]:
 def decode_b64(text: str) -> tuple[np.ndarray, int]:
     samples, rate = soundfile.read(io.BytesIO(base64.b64decode(text)), dtype="float32")
     return samples, rate
+
+
+def tiny_env() -> dict[str, str]:
+    """Environment variables that make ``WorkerConfig.from_env()`` (production's own config path) load
+    the tiny models from local directories: nothing is downloaded."""
+    _, config = tiny_engine()
+    return {
+        "WORKER_VOLUME": str(config.volume), "WORKER_DEVICE": config.device, "F5_ARCH": config.f5_arch,
+        "F5_CKPT": config.f5_ckpt, "F5_VOCAB": config.f5_vocab, "F5_VOCODER": config.f5_vocoder,
+        "F5_DTYPE": config.f5_dtype, "WHISPER_MODEL": config.whisper_model,
+        "WHISPER_COMPUTE_TYPE": config.whisper_compute_type,
+        "WHISPER_BATCH_SIZE": str(config.whisper_batch_size), "WHISPER_VAD": config.whisper_vad,
+        "ALIGN_MODELS": ",".join(f"{k}={v}" for k, v in config.align_models.items()),
+        "DEFAULT_LANGUAGE": config.default_language, "NLTK_DATA": str(config.nltk_dir),
+    }

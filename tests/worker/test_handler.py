@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from jobkit import AudioServer, audio_bytes, b64, decode_b64, tiny_engine, voice_like
 
-from worker.handler import Handler, is_fatal, make_handler, make_plain_handler, runs_local_test, start_config
+from worker.handler import (
+    Handler,
+    is_fatal,
+    make_handler,
+    make_plain_handler,
+    make_streaming_handler,
+    runs_local_test,
+    start_config,
+)
 from worker.limits import JobLimits
 from worker.subtitles import to_srt
 
@@ -169,7 +177,7 @@ def test_transcribe(core: Handler) -> None:
 def test_streaming_chunks_equal_the_whole(engine_config, limits, ref_b64: str) -> None:
     engine, config = engine_config
     small = dataclasses.replace(limits, stream_chunk_bytes=20_000)
-    handler = make_handler(engine, config, small)
+    handler = make_streaming_handler(engine, config, small)
     assert inspect.isgeneratorfunction(handler)
     long_text = " ".join([TEXT] * 4)
     job = {"text": long_text, "ref_audio": ref_b64, "ref_text": "A short reference.", "seed": 3,
@@ -189,10 +197,10 @@ def test_streaming_chunks_equal_the_whole(engine_config, limits, ref_b64: str) -
 
 def test_generator_handler_non_stream_job_yields_one_output(engine_config, limits, ref_b64: str) -> None:
     engine, config = engine_config
-    items = list(make_handler(engine, config, limits)(
+    items = list(make_streaming_handler(engine, config, limits)(
         {"id": "g", "input": {"text": "Hi.", "ref_audio": ref_b64, "ref_text": "Ref.", "nfe_step": 2}}))
     assert len(items) == 1 and "audio" in items[0]
-    bad = list(make_handler(engine, config, limits)({"id": "g", "input": {"txt": "Hi."}}))
+    bad = list(make_streaming_handler(engine, config, limits)({"id": "g", "input": {"txt": "Hi."}}))
     assert len(bad) == 1 and bad[0]["error"].startswith("input.txt: unknown field")
 
 
@@ -242,6 +250,13 @@ def test_start_config_shapes(engine_config, limits, monkeypatch) -> None:
     assert streaming["refresh_worker"] is True
     plain = start_config(engine, config, limits, streaming=False)
     assert not inspect.isgeneratorfunction(plain["handler"])
+    monkeypatch.setenv("RUNPOD_WEBHOOK_GET_JOB", "https://example.invalid/job-take/$ID")
+    monkeypatch.setattr("sys.argv", ["worker"])
+    assert inspect.isgeneratorfunction(make_handler(engine, config, limits))  # production
+    monkeypatch.setattr("sys.argv", ["worker", "--test_input", "{}"])
+    assert not inspect.isgeneratorfunction(make_handler(engine, config, limits))  # local test job
+    monkeypatch.setattr("sys.argv", ["worker", "--rp_serve_api"])
+    assert inspect.isgeneratorfunction(make_handler(engine, config, limits))  # local API
     monkeypatch.setenv("WORKER_STREAMING", "0")
     assert not inspect.isgeneratorfunction(start_config(engine, config, limits)["handler"])
 

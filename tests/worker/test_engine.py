@@ -1,0 +1,174 @@
+"""The Engine on the tiny generated models: real F5-TTS, Vocos, CTranslate2 Whisper and wav2vec2 code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker import tts
+from worker.engine import Engine, EngineError, SynthesisParams, Transcript, Word
+from worker.tiny import tiny_config
+
+TINY_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "tiny-models"
+REF_TEXT = "This is the reference voice."
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.load(tiny_config(TINY_CACHE))
+
+
+def _ref(seconds: float, seed: int = 0) -> np.ndarray:
+    wave = np.random.default_rng(seed).standard_normal(int(seconds * 24_000)).astype(np.float32)
+    return 0.1 * wave
+
+
+def _say(engine: Engine, text: str, ref: np.ndarray, ref_text: str = REF_TEXT, **kw) -> list[np.ndarray]:
+    return list(engine.synthesize(text, ref, ref_text, SynthesisParams(nfe_step=4, **kw)))
+
+
+def _words_ok(words: tuple[Word, ...], seconds: float) -> None:
+    last = 0.0
+    for w in words:
+        assert isinstance(w.word, str) and w.word.strip()
+        assert 0.0 <= w.start <= w.end <= seconds + 1e-6
+        assert w.start >= last
+        last = w.start
+
+
+def test_engine_reports_its_rates_and_device(engine):
+    assert (engine.sample_rate, engine.asr_sample_rate, engine.device) == (24_000, 16_000, "cpu")
+
+
+def test_warmup_runs_every_model(engine):
+    engine.warmup()
+
+
+def test_synthesis_length_follows_upstream_duration_rule(engine):
+    ref = _ref(2.0)
+    text = "Hello world, this is a test."
+    audio = np.concatenate(_say(engine, text, ref, seed=1))
+    assert audio.dtype == np.float32 and audio.ndim == 1 and np.isfinite(audio).all()
+    ref_frames = len(ref) // 256
+    ref_bytes = len((REF_TEXT + "  ").encode())  # normalised "... voice. " plus upstream's joining space
+    frames = ref_frames + int(ref_frames / ref_bytes * len(text.encode()))
+    # Vocos' centered inverse STFT turns n mel frames into (n - 1) hops of samples.
+    assert len(audio) == (frames - ref_frames - 1) * 256
+
+
+def test_speed_scales_length(engine):
+    ref = _ref(2.0)
+    slow = np.concatenate(_say(engine, "Hello world, this is a test.", ref, seed=1, speed=0.5))
+    fast = np.concatenate(_say(engine, "Hello world, this is a test.", ref, seed=1, speed=2.0))
+    assert len(slow) > 3 * len(fast)
+
+
+def test_same_seed_same_audio_other_seed_other_audio(engine):
+    ref = _ref(1.5, seed=2)
+    a = np.concatenate(_say(engine, "Same words again.", ref, seed=42))
+    b = np.concatenate(_say(engine, "Same words again.", ref, seed=42))
+    c = np.concatenate(_say(engine, "Same words again.", ref, seed=43))
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == c.shape and not np.array_equal(a, c)
+
+
+def test_stream_chunks_concatenate_to_the_cross_faded_join(engine):
+    # Long reference + short transcript: upstream's batch budget is small, so this text is 3 batches.
+    ref, ref_text = _ref(6.0, seed=3), "Hello there."
+    text = "First sentence is here. Second one follows it. And a third, to be sure."
+    faded = _say(engine, text, ref, ref_text, seed=5)
+    raw = _say(engine, text, ref, ref_text, seed=5, cross_fade_s=0.0)
+    assert len(raw) == 3 and len(faded) == 3
+    want = tts.cross_fade_concat(raw, int(0.15 * 24_000))
+    np.testing.assert_allclose(np.concatenate(faded), want, rtol=0, atol=1e-6)
+    # Every chunk but the last holds back the fade tail, which the next chunk carries blended.
+    assert len(faded[0]) == len(raw[0]) - int(0.15 * 24_000)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(0, 50), min_size=1, max_size=6), fade=st.integers(0, 20))
+def test_cross_fader_streams_exactly_the_reference_join(lengths, fade):
+    rng = np.random.default_rng(sum(lengths) + fade)
+    waves = [rng.standard_normal(n).astype(np.float32) for n in lengths]
+    fader = tts.CrossFader(fade)
+    streamed = [fader.push(w, last=i == len(waves) - 1) for i, w in enumerate(waves)]
+    np.testing.assert_allclose(np.concatenate(streamed), tts.cross_fade_concat(waves, fade), atol=1e-6)
+
+
+def test_first_chunk_limit_makes_a_short_first_batch(tmp_path):
+    synth_plan = tts.F5Synth.plan.__get__(type("S", (), {"first_chunk_chars": 20})())
+    batches = synth_plan("One two three. Four five six seven eight nine ten.", "Ref. ", 2.0, 1.0, 0)
+    assert batches[0].gen_text == "One two three."
+    assert [b.seed for b in batches] == list(range(len(batches)))
+
+
+def test_bad_synthesis_inputs_name_the_field(engine):
+    ref = _ref(1.0)
+    cases = [
+        (("", ref, REF_TEXT), "text"),
+        (("Hi there.", ref, "  "), "ref_text"),
+        (("Hi there.", np.zeros((2, 100), np.float32), REF_TEXT), "ref_audio"),
+        (("Hi there.", np.full(1000, np.nan, np.float32), REF_TEXT), "ref_audio"),
+        (("Hi there.", np.zeros(10, np.float32), REF_TEXT), "ref_audio"),
+        (("Hi there.", _ref(25.0), REF_TEXT), "ref_audio"),
+    ]
+    for args, field in cases:
+        with pytest.raises(EngineError, match=field):
+            list(engine.synthesize(*args, SynthesisParams(nfe_step=2)))
+    with pytest.raises(EngineError, match="nfe_step"):
+        list(engine.synthesize("Hi there.", ref, REF_TEXT, SynthesisParams(nfe_step=0)))
+    with pytest.raises(EngineError, match="speed"):
+        list(engine.synthesize("Hi there.", ref, REF_TEXT, SynthesisParams(speed=0)))
+
+
+def test_transcribe_returns_a_well_formed_transcript(engine):
+    audio = np.concatenate(_say(engine, "Some words to hear.", _ref(1.0), seed=9))
+    speech = audio[::3].copy()  # 24 kHz -> 16 kHz is exactly every third sample for this test
+    seconds = len(speech) / 16_000
+    tr = engine.transcribe(speech, language="en")
+    assert isinstance(tr, Transcript) and tr.language == "en"
+    assert tr.segments and tr.text
+    for seg in tr.segments:
+        assert 0.0 <= seg.start <= seg.end <= seconds + 1e-6
+        _words_ok(seg.words, seconds)
+    assert tr.words == tuple(w for s in tr.segments for w in s.words)
+    _words_ok(tr.words, seconds)
+    untimed = engine.transcribe(speech, language="en", word_timestamps=False)
+    assert untimed.text == tr.text and untimed.words == ()
+
+
+def test_transcribe_detects_a_language(engine):
+    tr = engine.transcribe(_ref(1.0, seed=4)[::3].copy())
+    assert isinstance(tr.language, str) and tr.language
+
+
+def test_align_known_text_gives_monotonic_words_inside_the_audio(engine):
+    speech = _ref(3.0, seed=6)[::3].copy()
+    words = engine.align(speech, "the quick brown fox jumps over the lazy dog", "en")
+    assert [w.word for w in words] == "the quick brown fox jumps over the lazy dog".split()
+    _words_ok(words, 3.0)
+
+
+def test_align_rejects_unknown_language_and_empty_text(engine):
+    speech = _ref(1.0)[::3].copy()
+    with pytest.raises(EngineError, match="language"):
+        engine.align(speech, "hello", "xx")
+    with pytest.raises(EngineError, match="text"):
+        engine.align(speech, " ", "en")
+    with pytest.raises(EngineError, match="audio"):
+        engine.align(np.zeros(0, np.float32), "hello", "en")
+
+
+@pytest.mark.slow
+def test_pyannote_vad_path_loads_offline_and_returns_well_formed_output():
+    """The production VAD (pyannote, weights shipped inside whisperx) on the tiny ASR model."""
+    eng = Engine.load(tiny_config(TINY_CACHE, whisper_vad="pyannote"))
+    speech = _ref(4.0, seed=8)[::3].copy()
+    tr = eng.transcribe(speech, language="en")
+    for seg in tr.segments:
+        assert 0.0 <= seg.start <= seg.end <= 4.0 + 1e-6
+    _words_ok(tr.words, 4.0)

@@ -23,7 +23,7 @@ from worker.config import WorkerConfig
 log = logging.getLogger(__name__)
 
 # Bump when anything generated here changes, so stale caches are never reused.
-TINY_VERSION = "tiny-v1"
+TINY_VERSION = "tiny-v2"
 SEED = 1234
 MARKER = "COMPLETE"
 
@@ -48,7 +48,7 @@ head:
 # Whisper's special-token layout (multilingual): CTranslate2 and faster-whisper find tokens by name, and
 # CTranslate2 calls a model multilingual only when its vocabulary has the full multilingual size.
 WHISPER_TEXT_TOKENS = 50257
-WHISPER_VOCAB = 51865
+WHISPER_VOCAB = 51866  # large-v3 layout: 100 languages (faster-whisper's list), 1501 timestamps
 NON_LANG_SPECIALS_AFTER = ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>",
                            "<|nocaptions|>", "<|notimestamps|>"]
 W2V2_LETTERS = list("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")

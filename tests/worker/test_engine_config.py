@@ -1,0 +1,48 @@
+"""WorkerConfig.from_env: defaults, parsing, and errors that name the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.config import ConfigError, WorkerConfig, parse_align_models
+
+
+def test_defaults_serve_production():
+    cfg = WorkerConfig.from_env({})
+    assert cfg.volume == Path("/runpod-volume") and cfg.models_dir == Path("/runpod-volume/models")
+    assert cfg.f5_arch == "F5TTS_v1_Base" and cfg.f5_ckpt.startswith("hf:SWivid/F5-TTS@")
+    assert cfg.f5_sampler == "fast" and cfg.f5_cuda_graphs and not cfg.f5_compile
+    assert cfg.default_language == "en" and "en" in cfg.align_models
+    assert cfg.nltk_dir == Path("/runpod-volume/models/nltk")
+
+
+def test_variables_are_read():
+    cfg = WorkerConfig.from_env({
+        "WORKER_VOLUME": "/vol", "WORKER_DEVICE": "cpu", "F5_CUDA_GRAPHS": "0", "F5_COMPILE": "yes",
+        "F5_BUCKET_FRAMES": "32", "WHISPER_VAD": "none", "ALIGN_MODELS": "en=/m/en, de=hf:o/r@abc",
+        "DEFAULT_LANGUAGE": "de", "NLTK_DATA": "/nltk", "F5_DTYPE": "bfloat16",
+    })
+    assert cfg.volume == Path("/vol") and cfg.device == "cpu"
+    assert not cfg.f5_cuda_graphs and cfg.f5_compile and cfg.f5_bucket_frames == 32
+    assert cfg.align_models == {"en": "/m/en", "de": "hf:o/r@abc"} and cfg.default_language == "de"
+    assert cfg.nltk_dir == Path("/nltk") and cfg.f5_dtype == "bfloat16" and cfg.whisper_vad == "none"
+
+
+@pytest.mark.parametrize(("env", "name"), [
+    ({"WORKER_DEVICE": "tpu"}, "WORKER_DEVICE"),
+    ({"F5_CUDA_GRAPHS": "maybe"}, "F5_CUDA_GRAPHS"),
+    ({"F5_BUCKET_FRAMES": "0"}, "F5_BUCKET_FRAMES"),
+    ({"F5_BUCKET_FRAMES": "x"}, "F5_BUCKET_FRAMES"),
+    ({"F5_SAMPLER": "magic"}, "F5_SAMPLER"),
+    ({"ALIGN_MODELS": "en"}, "ALIGN_MODELS"),
+    ({"DEFAULT_LANGUAGE": "fr"}, "DEFAULT_LANGUAGE"),
+])
+def test_bad_values_name_the_variable(env, name):
+    with pytest.raises(ConfigError, match=name):
+        WorkerConfig.from_env(env)
+
+
+def test_align_models_parse():
+    assert parse_align_models(" en=/a ,fr=hf:x/y@1:z ") == {"en": "/a", "fr": "hf:x/y@1:z"}

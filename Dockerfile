@@ -7,10 +7,8 @@
 # Base: tag pinned and digest pinned (the multi-platform index of python:3.11.14-slim-bookworm, as
 # published in public Dockerfiles; no registry is reachable where this file was written, so the first
 # image build is what verifies it: a wrong digest fails `docker build`). Updates: bump both together
-# (Dependabot's docker ecosystem does, see .github/dependabot.yml).
-ARG BASE_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
-
-FROM ${BASE_IMAGE}
+# (Dependabot's docker ecosystem does, see .github/dependabot.yml; it reads a literal FROM, not an ARG).
+FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
 # The artifact this image is built for (image.yml passes the release's manifest URL and sha256). Both end
 # up as ENV, so `docker run -e MANIFEST_URL=...` (or the RunPod template) overrides them at run time.

@@ -1,0 +1,146 @@
+"""`just release TAG` (scripts/release_check.py) on real temporary git repositories: a ready repo passes,
+and each thing a tag needs, taken away one at a time, fails with its own clear line. No tag is created."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+CHECK = REPO / "scripts" / "release_check.py"
+SHA = hashlib.sha256(b"x").hexdigest()
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+def commit(repo: Path, message: str) -> None:
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-q", "-m", message)
+
+
+def ready_repo(root: Path) -> Path:
+    """A repo a v1.2.0 tag could be cut from: version, changelog, locks, the contract tests."""
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    (root / "pyproject.toml").write_text('[project]\nname = "x"\nversion = "1.2.0"\n')
+    (root / "CHANGELOG.md").write_text("# Changelog\n\n## v1.2.0\n\n- first release\n")
+    (root / "environment.yml").write_text("dependencies: [python=3.11]\n")
+    commit(root, "spec")
+    (root / "env").mkdir()
+    (root / "env/conda-linux-64.lock").write_text(
+        f"# platform: linux-64\n@EXPLICIT\nhttps://conda.example.invalid/python-3.11.conda#{SHA}\n")
+    (root / "env/requirements.lock").write_text(f"torch==2.8.0 \\\n    --hash=sha256:{SHA}\n")
+    for rel in ("tests/test_manifest.py", "worker/__init__.py", "worker/bootstrap/__init__.py",
+                "worker/bootstrap/manifest.py"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, root / rel)
+    commit(root, "locks")
+    return root
+
+
+def release_check(repo: Path, tag: str = "v1.2.0", *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(CHECK), tag, "--root", str(repo), "--skip-tests", *extra],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_ready_repo_passes_and_no_tag_is_made(tmp_path: Path) -> None:
+    repo = ready_repo(tmp_path / "repo")
+    proc = release_check(repo)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "release: v1.2.0 is ready" in proc.stdout
+    assert "ok   contract:" in proc.stdout and "passed" in proc.stdout
+    tags = subprocess.run(["git", "-C", str(repo), "tag"], capture_output=True, text=True).stdout
+    assert tags == ""
+
+
+def _no_conda_lock(repo: Path) -> None:
+    git(repo, "rm", "-q", "env/conda-linux-64.lock")
+    commit(repo, "drop lock")
+
+
+def _unhashed_pip_lock(repo: Path) -> None:
+    (repo / "env/requirements.lock").write_text("torch==2.8.0\n")
+    commit(repo, "unhashed")
+
+
+def _stale_lock(repo: Path) -> None:
+    (repo / "environment.yml").write_text("dependencies: [python=3.11, ffmpeg]\n")
+    # A later commit than the locks': git orders by commit time, so step the clock forward.
+    git(repo, "add", "-A")
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid",
+                    "commit", "-q", "-m", "spec change"], check=True,
+                   env={"GIT_COMMITTER_DATE": "2099-01-01T00:00:00", "PATH": "/usr/bin:/bin"})
+
+
+def _dirty(repo: Path) -> None:
+    (repo / "notes.txt").write_text("wip\n")
+
+
+def _other_branch(repo: Path) -> None:
+    git(repo, "switch", "-q", "-c", "feature")
+
+
+def _version_mismatch(repo: Path) -> None:
+    (repo / "pyproject.toml").write_text('[project]\nname = "x"\nversion = "1.1.0"\n')
+    commit(repo, "version")
+
+
+def _no_changelog_entry(repo: Path) -> None:
+    (repo / "CHANGELOG.md").write_text("# Changelog\n\n## v1.1.0\n")
+    commit(repo, "changelog")
+
+
+def _tag_exists(repo: Path) -> None:
+    git(repo, "tag", "v1.2.0")
+
+
+def _broken_contract(repo: Path) -> None:
+    path = repo / "worker/bootstrap/manifest.py"
+    path.write_text(path.read_text().replace("FORMAT = 1", "FORMAT = 2"))
+    commit(repo, "break the contract")
+
+
+CASES: dict[str, tuple[Callable[[Path], None], str, str]] = {
+    "missing conda lock": (_no_conda_lock, "locks", "lock workflow"),
+    "pip lock without hashes": (_unhashed_pip_lock, "locks", "without --hash"),
+    "lock older than environment.yml": (_stale_lock, "locks", "before the last change to environment.yml"),
+    "dirty tree": (_dirty, "clean", "notes.txt"),
+    "not on main": (_other_branch, "branch", "not main"),
+    "version mismatch": (_version_mismatch, "version", "1.1.0"),
+    "no changelog entry": (_no_changelog_entry, "changelog", "no heading for 1.2.0"),
+    "tag exists": (_tag_exists, "tag", "already exists"),
+    "manifest contract broken": (_broken_contract, "contract", "manifest"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_missing_requirement_fails_clearly(tmp_path: Path, case: str) -> None:
+    damage, check, words = CASES[case]
+    repo = ready_repo(tmp_path / "repo")
+    damage(repo)
+    proc = release_check(repo)
+    assert proc.returncode == 1, proc.stdout
+    failed = [line for line in proc.stdout.splitlines() if line.startswith(f"FAIL {check}:")]
+    assert failed and words in failed[0] and " -> " in failed[0], proc.stdout
+    assert "NOT ready" in proc.stdout.splitlines()[-1]
+
+
+def test_bad_tag_format(tmp_path: Path) -> None:
+    proc = release_check(ready_repo(tmp_path / "repo"), "1.2")
+    assert proc.returncode == 1 and "FAIL tag:" in proc.stdout
+
+
+def test_ci_mode_on_a_tagged_checkout(tmp_path: Path) -> None:
+    repo = ready_repo(tmp_path / "repo")
+    git(repo, "tag", "v1.2.0")
+    git(repo, "checkout", "-q", "--detach", "v1.2.0")
+    assert release_check(repo, "v1.2.0", "--ci").returncode == 0

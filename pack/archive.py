@@ -14,6 +14,7 @@ import logging
 import os
 import tarfile
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,28 +126,34 @@ def write_archive(
 ) -> ArchiveResult:
     """Stream ``entries`` as tar+zstd into parts ``<out>/<stem>.NNN``."""
     writer = PartWriter(out, stem, part_size)
-    unpacked = 0
-    started = time.monotonic()
     try:
         with zstd.compressor().stream_writer(writer, closefd=False, write_return_read=True) as zw:
-            # "w|": a pure stream; PAX for long names, written identically every time.
-            with tarfile.open(fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_COPY) as tar:
-                for i, entry in enumerate(entries, 1):
-                    unpacked += _add(tar, entry, mtime)
-                    if i % 5000 == 0:
-                        elapsed = max(time.monotonic() - started, 1e-6)
-                        log.info(
-                            "archive: %d/%d members, %.0f MB read, %.1f MB/s",
-                            i,
-                            len(entries),
-                            unpacked / 1e6,
-                            unpacked / 1e6 / elapsed,
-                        )
+            unpacked = write_tar(entries, zw, mtime)
         writer.finish()
     except BaseException:
         writer.abort()
         raise
     return ArchiveResult(writer.size, writer.total.hexdigest(), tuple(writer.parts), unpacked, len(entries))
+
+
+def write_tar(entries: list[Entry], fileobj: typing.BinaryIO, mtime: int) -> int:
+    """Write ``entries`` as one tar stream into ``fileobj``; returns the bytes of regular files."""
+    unpacked = 0
+    started = time.monotonic()
+    # "w|": a pure stream; PAX for long names, written identically every time.
+    with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_COPY) as tar:
+        for i, entry in enumerate(entries, 1):
+            unpacked += _add(tar, entry, mtime)
+            if i % 5000 == 0:
+                elapsed = max(time.monotonic() - started, 1e-6)
+                log.info(
+                    "archive: %d/%d members, %.0f MB read, %.1f MB/s",
+                    i,
+                    len(entries),
+                    unpacked / 1e6,
+                    unpacked / 1e6 / elapsed,
+                )
+    return unpacked
 
 
 def _info(entry: Entry, mtime: int) -> tarfile.TarInfo:

@@ -48,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--part-size", type=int, default=DEFAULT_PART_SIZE, help="bytes per part, below 2 GiB")
     b.add_argument("--dest-prefix", help="fixed install path: rewrite prefixes now, no conda-unpack")
     b.add_argument(
-        "--channel", action="append", default=[], help="recorded for `lock`; build reads URLs from the lock"
+        "--channel",
+        action="append",
+        default=[],
+        help="channel root URL that relative lines of the lock resolve against (default: the lock's dir)",
     )
     b.add_argument("--platform", default="linux-64")
 

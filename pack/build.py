@@ -75,7 +75,7 @@ def build(options: PackOptions) -> BuildResult:
         if options.lock
         else example.ensure_example_lock(options.work)
     )
-    conda_lock = read_conda_lock(lock_path)
+    conda_lock = read_conda_lock(lock_path, options.channels[0] if options.channels else None)
     platform = conda_lock.platform or options.platform
     locks = {lock_path.name: conda_lock.digest}
     if options.pip_lock is not None:

@@ -67,13 +67,17 @@ def find_conda_lock(path: Path, platform: str) -> Path:
     return path
 
 
-def read_conda_lock(path: Path) -> CondaLock:
+def read_conda_lock(path: Path, base: str | None = None) -> CondaLock:
+    """Parse a lock; relative lines resolve against ``base`` (a channel root URL) or the lock's directory."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise PackError("lock", f"could not read {path}: {exc.strerror or exc}") from None
     text = data.decode("utf-8", errors="replace")
-    base = path.resolve().parent.as_uri() + "/"
+    if base is None:
+        base = path.resolve().parent.as_uri() + "/"
+    elif not base.endswith("/"):
+        base += "/"
     entries: list[LockEntry] = []
     platform: str | None = None
     explicit = False

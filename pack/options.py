@@ -34,6 +34,7 @@ class PackOptions:
     long: int = DEFAULT_LONG  # zstd window log; 0 disables long-distance matching
     part_size: int = DEFAULT_PART_SIZE
     dest_prefix: str | None = None
+    # Channel root URL that relative lock lines resolve against (default: the lock file's directory).
     channels: tuple[str, ...] = field(default_factory=tuple)
     source_date_epoch: int | None = None  # None: $SOURCE_DATE_EPOCH, else fixed from the locks
     platform: str = "linux-64"
@@ -65,6 +66,8 @@ class PackOptions:
                 )
         if self.source_date_epoch is not None and self.source_date_epoch < 0:
             issues.append(f"SOURCE_DATE_EPOCH must be >= 0, got {self.source_date_epoch}")
+        if len(self.channels) > 1:
+            issues.append("--channel may be given once (the root that relative lock URLs resolve against)")
         if self.wheelhouse is not None and self.pip_lock is None:
             issues.append("--wheelhouse needs --pip-lock (the wheelhouse only stands in for the index)")
         if issues:

@@ -114,3 +114,9 @@ def test_cli_build_prints_manifest_path_last(work: Path, example_lock: Path, tmp
     )
     assert proc.stdout.splitlines()[-1] == str(tmp_path / "o" / "manifest.json")
     assert "reusing channel" in proc.stderr  # logs on stderr; the channel was built once per session
+
+
+def test_lock_relative_urls_against_a_channel_root(tmp_path: Path) -> None:
+    (tmp_path / "l.lock").write_text("@EXPLICIT\nlinux-64/p-1-0.conda#" + "c" * 64 + "\n")
+    lock = read_conda_lock(tmp_path / "l.lock", "https://mirror.invalid/conda-forge")
+    assert lock.entries[0].url == "https://mirror.invalid/conda-forge/linux-64/p-1-0.conda"

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from jobkit import TINY_CACHE, audio_bytes, b64, decode_b64, voice_like
+from jobkit import TINY_CACHE, AudioServer, audio_bytes, b64, decode_b64, voice_like
 
 pytestmark = pytest.mark.slow
 
@@ -114,6 +114,15 @@ def test_transcribe_and_voices(server: str) -> None:
                                   "sample_rate": 24000}]}
     [preset] = runsync(server, {"text": "Hi.", "voice": "alice", "nfe_step": 2})
     assert preset["ref_text"] == "Hello, I am Alice." and "audio" in preset
+
+
+def test_reference_from_a_local_url(server: str) -> None:
+    # devserve allows private addresses (a developer's file server); production refuses them.
+    with AudioServer() as files:
+        files.file("/ref.mp3", audio_bytes(voice_like(1.0, 16000, seed=23), 16000, "MP3"), "audio/mpeg")
+        [out] = runsync(server, {"text": "From a URL.", "ref_audio": files.url("/ref.mp3"),
+                                 "ref_text": "A reference.", "nfe_step": 2, "format": "flac"})
+    assert out["format"] == "flac" and decode_b64(out["audio"])[0].size > 0
 
 
 def test_bad_input_names_the_field_and_the_worker_keeps_serving(server: str) -> None:

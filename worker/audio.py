@@ -114,10 +114,56 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndar
     """Band-limited polyphase resampling by the exact ratio ``target_rate / source_rate``."""
     if source_rate == target_rate or samples.size == 0:
         return np.asarray(samples, dtype=np.float32)
-    common = gcd(int(source_rate), int(target_rate))
-    up, down = int(target_rate) // common, int(source_rate) // common
+    up, down = _ratio(source_rate, target_rate)
     out = resample_poly(np.asarray(samples, dtype=np.float64), up, down, window=("kaiser", _KAISER_BETA))
     return out.astype(np.float32)
+
+
+def _ratio(source_rate: int, target_rate: int) -> tuple[int, int]:
+    common = gcd(int(source_rate), int(target_rate))
+    return int(target_rate) // common, int(source_rate) // common
+
+
+class StreamResampler:
+    """``resample`` for audio that arrives in pieces: the pieces' outputs, concatenated, equal the
+    resampled whole (up to float rounding), with no clicks at the joins.
+
+    Output sample n depends on the input within ``half_len / up`` samples of ``n * down / up``
+    (``resample_poly``'s filter has ``2 * 10 * max(up, down) + 1`` taps). Each push emits the output
+    whose inputs have all arrived and keeps only the short tail still needed, starting on a multiple
+    of ``down`` so the tail's own output lines up with the whole's sample grid.
+    """
+
+    def __init__(self, source_rate: int, target_rate: int) -> None:
+        self.up, self.down = _ratio(source_rate, target_rate)
+        self.half_len = 10 * max(self.up, self.down)
+        self._pending = np.zeros(0, np.float32)
+        self._base = 0  # absolute input index of _pending[0]; a multiple of down
+        self._next = 0  # next absolute output index to emit
+        self._seen = 0  # input samples pushed so far
+
+    def push(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
+        self._pending = np.concatenate([self._pending, np.asarray(samples, dtype=np.float32)])
+        self._seen += len(samples)
+        if self.up == self.down:
+            out, self._pending = self._pending, np.zeros(0, np.float32)
+            return out
+        if last:
+            end = -(-self._seen * self.up // self.down)  # the whole's output length
+        else:
+            end = ((self._seen - 1) * self.up - self.half_len) // self.down + 1
+        if end <= self._next or self._pending.size == 0:
+            return np.zeros(0, np.float32)
+        out = resample(self._pending, self.down, self.up)
+        offset = self._base * self.up // self.down
+        ready = out[self._next - offset:end - offset]
+        self._next = end
+        # Keep the input the next outputs still reach back to, from a multiple of down.
+        first_needed = max(0, (self._next * self.down - self.half_len) // self.up)
+        base = first_needed // self.down * self.down
+        self._pending = self._pending[base - self._base:]
+        self._base = base
+        return ready.astype(np.float32)
 
 
 def to_rate(clip: Clip, rate: int) -> np.ndarray:

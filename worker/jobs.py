@@ -206,14 +206,19 @@ class Jobs:
         cap = self.limits.stream_chunk_bytes - 256
         parts: list[np.ndarray] = []
         index = 0
+        resampler = audio.StreamResampler(self.engine.sample_rate, rate)
         synth_start = time.perf_counter()
-        for chunk in self.engine.synthesize(request.text, ref.samples, ref.ref_text, self._params(request)):
-            chunk = np.asarray(chunk, dtype=np.float32)
-            if chunk.size == 0:
+        chunks = self.engine.synthesize(request.text, ref.samples, ref.ref_text, self._params(request))
+        for chunk in _with_end(chunks):
+            if chunk is not None:
+                chunk = np.asarray(chunk, dtype=np.float32)
+                parts.append(chunk)
+            # The resampler holds back a few samples until the next chunk (or the end) arrives.
+            ready = resampler.push(chunk if chunk is not None else np.zeros(0, np.float32),
+                                   last=chunk is None)
+            if ready.size == 0:
                 continue
-            parts.append(chunk)
-            out_rate = audio.resample(chunk, self.engine.sample_rate, rate)
-            for piece in audio.encoded_pieces(out_rate, rate, request.format, cap):
+            for piece in audio.encoded_pieces(ready, rate, request.format, cap):
                 if index == 0:
                     timings["first_chunk"] = round(time.perf_counter() - start, 4)
                 yield {"chunk": index, "audio": piece, "format": request.format, "sample_rate": rate}
@@ -253,6 +258,12 @@ class Jobs:
         timings["total"] = round(time.perf_counter() - start, 4)
         out["timings"] = timings
         return out
+
+
+def _with_end(chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray | None]:
+    """The chunks, then ``None`` for the end."""
+    yield from chunks
+    yield None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 
 import numpy as np
 import pytest
@@ -161,6 +162,20 @@ def test_resample_rejects_aliases() -> None:
     assert np.sqrt(np.mean(out[2400:-2400] ** 2)) < 1e-3
     same = _tone(440, 24000)
     assert np.array_equal(audio.resample(same, 24000, 24000), same)
+
+
+@pytest.mark.parametrize("dst", [8000, 16000, 22050, 24000, 44100, 48000])
+def test_stream_resampler_equals_the_whole(dst: int) -> None:
+    source = voice_like(3.0, 24000, seed=4)
+    cuts = [0, 1, 500, 501, 20000, 47999, 60000, len(source)]
+    resampler = audio.StreamResampler(24000, dst)
+    parts = [resampler.push(source[a:b]) for a, b in itertools.pairwise(cuts)]
+    parts.append(resampler.push(np.zeros(0, np.float32), last=True))
+    whole = audio.resample(source, 24000, dst)
+    joined = np.concatenate(parts)
+    assert joined.shape == whole.shape and np.max(np.abs(joined - whole)) < 1e-6
+    # Nothing is held back longer than the filter needs.
+    assert sum(p.size for p in parts[:-1]) >= whole.size - 40
 
 
 # ------------------------------------------------------------------ encode

@@ -3,8 +3,8 @@
 A job names a preset with ``"voice": "<name>"`` instead of sending ``ref_audio``; ``{"task": "voices"}``
 lists them. Names are plain tokens checked against ``VOICE_NAME`` and the resolved file must sit
 directly in the voices directory, so no job can read any other file. A preset without a ``.txt`` is
-transcribed on first use (and cached like any reference). Any audio format soundfile reads is accepted
-under the ``.wav`` name only if it really is audio; decoding happens in ``worker.audio``.
+transcribed on first use (and cached like any reference). The file is named ``.wav`` but may hold any
+format soundfile decodes (FLAC, OGG, MP3); decoding and its limits are ``worker.audio``'s.
 """
 
 from __future__ import annotations

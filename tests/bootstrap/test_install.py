@@ -98,7 +98,8 @@ def test_dest_prefix_refuses_foreign_directory(tmp_path: Path, server: Server) -
     prefix = tmp_path / "someone-elses"
     prefix.mkdir()
     (prefix / "precious").write_text("keep me")
-    write_artifact(server.root, build_tar(tiny_env_files(n_files=1, with_unpack=False)), dest_prefix=str(prefix))
+    write_artifact(server.root, build_tar(tiny_env_files(n_files=1, with_unpack=False)),
+                   dest_prefix=str(prefix))
     run = run_bootstrap(*_args(server, tmp_path / "vol"))
     assert run.code == 16 and run.result["phase"] == "relocate"
     assert "dest_prefix" in run.result["error"] and "relocatable" in run.result["remedy"]
@@ -142,7 +143,8 @@ def test_env_vars_configure_and_flags_override(tmp_path: Path, server: Server, a
     assert bad.code == 10 and "BOOTSTRAP_PARALLEL" in bad.result["error"]
 
 
-def test_volume_missing_falls_back_loudly_or_fails(tmp_path: Path, server: Server, artifact: Artifact) -> None:
+def test_volume_missing_falls_back_loudly_or_fails(tmp_path: Path, server: Server,
+                                                   artifact: Artifact) -> None:
     missing = tmp_path / "no-volume"
     container = tmp_path / "container-disk"
     run = run_bootstrap("--manifest-url", server.manifest_url(), "--volume", str(missing), "--no-exec",
@@ -152,7 +154,8 @@ def test_volume_missing_falls_back_loudly_or_fails(tmp_path: Path, server: Serve
     assert run.result["volume"] == str(container) and "IS MISSING" in run.stderr
     fail = run_bootstrap("--manifest-url", server.manifest_url(), "--volume", str(missing), "--no-exec",
                          "--volume-fallback", "fail")
-    assert fail.code == 13 and fail.result["phase"] == "preflight" and "network volume" in fail.result["remedy"]
+    assert fail.code == 13 and fail.result["phase"] == "preflight"
+    assert "network volume" in fail.result["remedy"]
 
 
 def test_exec_runs_env_python_activated(tmp_path: Path, server: Server, artifact: Artifact) -> None:
@@ -196,7 +199,8 @@ def test_doctor(tmp_path: Path, server: Server, artifact: Artifact) -> None:
     assert run_bootstrap(*_args(server, vol)).code == 0
     other = make_env_artifact(server.root / "v2", n_files=2)
     server.faults.missing.add(other.manifest.parts[0].name)
-    fail = run_bootstrap("--manifest-url", f"{server.url}/v2/manifest.json", "--volume", str(vol), "--no-exec")
+    fail = run_bootstrap("--manifest-url", f"{server.url}/v2/manifest.json", "--volume", str(vol),
+                         "--no-exec")
     assert fail.code == 14
     doc = run_bootstrap("doctor", "--volume", str(vol))
     assert doc.code == 0
@@ -228,7 +232,8 @@ def test_gc_keeps_n_and_never_one_in_use(tmp_path: Path, server: Server) -> None
 
 
 def test_main_in_process_failure_contract(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["--manifest-url", (tmp_path / "absent.json").as_uri(), "--volume", str(tmp_path), "--no-exec"])
+    code = main(["--manifest-url", (tmp_path / "absent.json").as_uri(), "--volume", str(tmp_path),
+                 "--no-exec"])
     out = capsys.readouterr().out.strip().splitlines()
     doc = json.loads(out[-1])
     assert code == 12 and doc["status"] == "failed" and doc["phase"] == "fetch" and doc["exit_code"] == 12

@@ -127,7 +127,7 @@ def _record(layout: list[Layout], doc: dict[str, Any]) -> None:
 
 def _fail(exc: BootstrapError, layout: list[Layout], cfg: config_mod.Config,
           serve_error: Callable[[str], None] | None) -> int:
-    logging.getLogger(exc.phase).error("%s", exc)
+    log.error("%s", exc)  # one line: phase, cause, remedy
     doc = {"status": "failed", **exc.to_dict()}
     _record(layout, doc)
     _emit(doc)

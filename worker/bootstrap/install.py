@@ -216,19 +216,27 @@ def _install_locked(config: Config, layout: Layout, manifest: Manifest, env_dir:
                           transport_for(config), config.parallel, check=lease.check)
     reporter = _Progress(downloads, config.progress_s, lease)
     try:
-        with Phase("download"):
-            downloads.start()
-            reporter.start()
-            install_id, stats = _extract_verified(layout, manifest, env_dir, downloads, lease, reporter)
-    finally:
-        reporter.stop()
-        downloads.cancel()
-    with Phase("relocate"):
-        relocated = relocate(env_dir)
-    with Phase("commit"):
-        lease.check()
-        info = {"files": stats.files, "unpacked_bytes": stats.bytes, "relocated": relocated}
-        commit_phase.commit(layout, manifest, env_dir, install_id, info)
+        try:
+            with Phase("download"):
+                downloads.start()
+                reporter.start()
+                install_id, stats = _extract_verified(layout, manifest, env_dir, downloads, lease, reporter)
+        finally:
+            reporter.stop()
+            downloads.cancel()
+        with Phase("relocate"):
+            relocated = relocate(env_dir)
+        with Phase("commit"):
+            lease.check()
+            info = {"files": stats.files, "unpacked_bytes": stats.bytes, "relocated": relocated}
+            commit_phase.commit(layout, manifest, env_dir, install_id, info)
+    except BaseException:
+        if lease.held:  # a half-written tree only takes space (a full disk must free itself); parts stay
+            try:
+                gc.to_trash(layout, env_dir)
+            except OSError as exc:
+                log.warning("could not remove the incomplete tree %s: %s", env_dir, exc)
+        raise
     import shutil
 
     shutil.rmtree(layout.download_dir(manifest.env_id), ignore_errors=True)  # the env holds it all now

@@ -7,6 +7,7 @@ a loud warning, or fails when ``BOOTSTRAP_VOLUME_FALLBACK=fail``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -48,6 +49,10 @@ def check_writable(layout: Layout) -> None:
             os.fsync(fh.fileno())
         probe.unlink()
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise BootstrapError("preflight", f"volume {layout.root} is full (no space left on device)",
+                                 "grow the network volume or remove old envs (`python -m worker.bootstrap "
+                                 "doctor` lists them)") from None
         raise BootstrapError("preflight", f"volume {layout.root} is not writable: {exc.strerror or exc}",
                              "mount the volume read-write, or check its permissions and free space") from None
 

@@ -1,0 +1,179 @@
+"""Many workers on one volume, kill -9 at random moments, a full disk: the volume always converges and
+nothing is ever reported ready over a broken tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from worker.bootstrap.commit import ready_path
+from worker.bootstrap.layout import Layout
+
+from .conftest import (
+    Artifact,
+    Server,
+    assert_tree_matches,
+    bootstrap_env,
+    make_env_artifact,
+    run_bootstrap,
+    spawn_bootstrap,
+)
+
+
+def _args(server: Server, vol: Path) -> list[str]:
+    return ["--manifest-url", server.manifest_url(), "--volume", str(vol), "--no-exec"]
+
+
+@pytest.mark.slow
+def test_eight_installers_one_download(tmp_path: Path, server: Server, artifact: Artifact) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    server.faults.chunk, server.faults.delay_per_chunk = 1000, 0.03  # long enough for all to pile up
+    procs = [spawn_bootstrap(*_args(server, vol)) for _ in range(8)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    results = []
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert {r["path"] for r in results} == {str(vol / "envs" / artifact.env_id)}
+    size = artifact.manifest.archive.size
+    assert sum(r["downloaded_bytes"] for r in results) == size
+    manifests = len(artifact.manifest_path.read_bytes()) * 8
+    assert server.bytes_served - manifests <= size * 1.05  # about 1x the archive, not 8x
+    assert sum(1 for _, err in outs if "waiting for pid" in err) >= 1  # waiters logged the holder
+    assert_tree_matches(vol / "envs" / artifact.env_id, artifact.files)
+
+
+def _check_never_broken(vol: Path, artifact: Artifact) -> bool:
+    """If the volume says ready, the tree must be complete and right. Returns whether it said so."""
+    path = ready_path(Layout(vol), artifact.manifest)
+    if path is not None:
+        assert_tree_matches(path, artifact.files)
+    return path is not None
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_converges(tmp_path: Path, server: Server) -> None:
+    artifact = make_env_artifact(server.root, part_size=30_000, big=240_000, n_files=300)
+    server.faults.chunk, server.faults.delay_per_chunk = 8000, 0.004
+    rng = random.Random(1234)
+    # One uninterrupted run tells how long a cold install takes here; kills land across all of it.
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    t0 = time.monotonic()
+    assert run_bootstrap(*_args(server, probe)).code == 0
+    full = time.monotonic() - t0
+    shutil.rmtree(probe)
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    said_ready = 0
+    for _trial in range(12):
+        proc = spawn_bootstrap(*_args(server, vol))
+        time.sleep(rng.uniform(0.05, full * 1.1))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        said_ready += _check_never_broken(vol, artifact)
+        if said_ready and rng.random() < 0.5:  # also kill re-installs of a fresh volume state
+            shutil.rmtree(vol)
+            vol.mkdir()
+    final = run_bootstrap(*_args(server, vol))
+    assert final.code == 0, final.stderr
+    assert _check_never_broken(vol, artifact)
+    assert list((vol / "trash").iterdir()) == []
+
+
+def test_holder_killed_waiter_takes_over(tmp_path: Path, server: Server, artifact: Artifact) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    server.faults.chunk, server.faults.delay_per_chunk = 500, 0.05  # the first installer is slow
+    first = spawn_bootstrap(*_args(server, vol))
+    lease = vol / "leases" / f"{artifact.env_id}.lease"
+    deadline = time.monotonic() + 30
+    while not lease.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = spawn_bootstrap(*_args(server, vol))
+    time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    server.faults.delay_per_chunk = 0.0
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["status"] == "ready"
+    assert "took over stale lease" in err
+    assert _check_never_broken(vol, artifact)
+
+
+def _mount_tmpfs(where: Path, size: str) -> None:
+    where.mkdir()
+    cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)]
+    if os.geteuid() != 0:
+        cmd = ["sudo", "-n", *cmd]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+    except (subprocess.CalledProcessError, FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot mount a small tmpfs here ({exc}); disk-full is untested on this machine")
+
+
+def _umount(where: Path) -> None:
+    cmd = ["umount", str(where)]
+    subprocess.run(cmd if os.geteuid() == 0 else ["sudo", "-n", *cmd], check=False, capture_output=True)
+
+
+def test_disk_full(tmp_path: Path, server: Server) -> None:
+    """A real small filesystem (tmpfs): preflight refuses up front; a manifest that understates the
+    unpacked size runs into ENOSPC mid-extraction and fails clearly; with room, the next run converges."""
+    artifact = make_env_artifact(server.root, part_size=200_000, big=1_500_000, n_files=20,
+                                 extra={"unpacked_size": 1000})
+    vol = tmp_path / "small"
+    _mount_tmpfs(vol, "1700k")
+    try:
+        run = run_bootstrap(*_args(server, vol))
+        assert run.code in (14, 15), run.stderr
+        assert run.result["phase"] in ("download", "extract")
+        assert "no space left" in run.result["error"] and "grow the network volume" in run.result["remedy"]
+        assert not _check_never_broken(vol, artifact)
+        # An honest manifest is refused before a byte is downloaded.
+        honest = json.loads(artifact.manifest_path.read_text())
+        honest["unpacked_size"] = len(artifact.tar)
+        artifact.manifest_path.write_text(json.dumps(honest))
+        served = server.bytes_served
+        run = run_bootstrap(*_args(server, vol))
+        assert run.code == 13 and run.result["phase"] == "preflight"
+        assert "not enough free space" in run.result["error"]
+        assert server.bytes_served - served == len(artifact.manifest_path.read_bytes())
+        # Room again: converges.
+        subprocess.run(["mount", "-o", "remount,size=8m", str(vol)] if os.geteuid() == 0 else
+                       ["sudo", "-n", "mount", "-o", "remount,size=8m", str(vol)], check=True)
+        run = run_bootstrap(*_args(server, vol))
+        assert run.code == 0, run.stderr
+        assert _check_never_broken(vol, artifact)
+    finally:
+        _umount(vol)
+
+
+def test_broken_tree_under_old_marker_is_not_ready(tmp_path: Path, server: Server,
+                                                   artifact: Artifact) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    assert run_bootstrap(*_args(server, vol)).code == 0
+    env_dir = vol / "envs" / artifact.env_id
+    # Simulate a re-extraction that died half-way under the old marker: new stamp, partial tree.
+    shutil.rmtree(env_dir)
+    env_dir.mkdir()
+    (env_dir / ".bootstrap-install").write_text("another-install")
+    assert not _check_never_broken(vol, artifact)
+    run = run_bootstrap(*_args(server, vol))
+    assert run.code == 0 and run.result["downloaded_bytes"] == artifact.manifest.archive.size
+    assert _check_never_broken(vol, artifact)
+
+
+def test_bootstrap_env_is_clean() -> None:
+    assert not any(k.startswith("RUNPOD_") for k in bootstrap_env())

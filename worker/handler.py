@@ -135,9 +135,12 @@ class Handler:
         if isinstance(request, VoicesRequest):
             return self.jobs.list_voices()
         if isinstance(request, TranscribeRequest):
-            return _within(self.jobs.transcribe(request), limit)
-        output, encoded = self.jobs.tts(request)
-        return self._deliver(output, encoded, request.format, job_id, limit)
+            output = _within(self.jobs.transcribe(request), limit)
+        else:
+            tts, encoded = self.jobs.tts(request)
+            output = self._deliver(tts, encoded, request.format, job_id, limit)
+        _log_done(job_id, request.task, output)
+        return output
 
     def _deliver(self, output: dict, encoded: bytes, fmt: str, job_id: str, limit: int) -> dict:
         text = b64(encoded)
@@ -156,6 +159,13 @@ class Handler:
         log.info("handler: job %s output (%d bytes, %s) uploaded to the bucket", job_id, len(encoded),
                  MIME[fmt])
         return {"audio_url": url, **_within(output, limit)}
+
+
+def _log_done(job_id: str, task: str, output: dict) -> None:
+    timings = output.get("timings", {})
+    log.info("handler: job %s %s done: %.2f s of audio in %.3f s (%s)", job_id, task,
+             output.get("duration", 0.0), timings.get("total", 0.0),
+             ", ".join(f"{k} {v}" for k, v in timings.items() if k != "total"))
 
 
 def _as_input_field(message: str) -> str:

@@ -20,7 +20,7 @@ Environment variables (all optional; defaults in brackets):
 ``WORKER_VOICES_DIR`` [<volume>/voices]    preset voices: <name>.wav + <name>.txt (volume:
                                            WORKER_VOLUME, see worker.config)
 ``WORKER_STREAMING`` [1]                   0: plain handler (output is the dict itself; no stream: true),
-                                           read by worker.handler.start_config
+                                           read by worker.handler.make_handler
 ``BUCKET_ENDPOINT_URL``, ``BUCKET_ACCESS_KEY_ID``, ``BUCKET_SECRET_ACCESS_KEY`` (read by runpod's
     ``rp_upload``) and ``BUCKET_NAME`` [month-year, runpod's default]: where outputs over the response
     limit are uploaded; without them such outputs fail with an error naming the limit.

@@ -124,7 +124,10 @@ class Handler:
         try:
             request = parse_job(job.get("input") if isinstance(job, dict) else None, self.limits)
             if isinstance(request, TtsRequest) and request.stream:
-                yield from self.jobs.tts_stream(request)
+                item: dict = {}
+                for item in self.jobs.tts_stream(request):
+                    yield item
+                _log_done(job_id, "tts (streamed)", item)
                 return
             output = self._dispatch(request, job_id, self.limits.stream_chunk_bytes)
         except Exception as err:

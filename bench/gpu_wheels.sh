@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Downloads (here, where PyPI is reachable) the wheels bench/gpu_tts.py needs on the GPU machine, whose
+# image already has torch 2.11 (cu130), torchaudio, transformers, numpy, scipy, pandas, matplotlib,
+# safetensors, huggingface_hub, accelerate, torchdiffeq, einops, pyyaml, requests, rich, tqdm, click.
+# Everything lands in .whl/ (git-ignored), for Python 3.12 manylinux x86_64; the total must stay well
+# under the 64 MiB a device call may carry. On the GPU machine:
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+#     .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && python3 bench/gpu_tts.py
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+py=${PYTHON:-.venv/bin/python}
+dest=.whl
+rm -rf "$dest" && mkdir -p "$dest"
+platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
+           --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform manylinux_2_24_x86_64)
+wheels=(
+  f5-tts==1.1.22 vocos==0.1.0 x-transformers==2.31.10 einx==0.4.3 loguru==0.7.3 torch-einops-utils==0.2.0
+  librosa==0.11.0 audioread==3.1.0 soxr==1.1.0 soundfile==0.14.0 pooch==1.9.0 decorator==5.3.1
+  rjieba==0.2.2 pypinyin==0.55.0 pydub==0.25.1
+  cached_path==1.8.10 boto3==1.44.8 botocore==1.44.8 s3transfer==0.19.3 jmespath==1.1.0
+  google-cloud-storage==3.17.1 google-cloud-core==2.8.0 google-api-core==2.44.0 google-auth==2.63.0
+  google-resumable-media==2.11.0 google-crc32c==1.9.0 proto-plus==1.29.0 googleapis-common-protos==1.76.0
+  pyasn1==0.6.5 pyasn1_modules==0.4.2 cryptography==50.0.2 cffi==2.1.1 pycparser==3.12
+  opentelemetry-api==1.45.2 importlib-metadata==8.7.1 frozendict==2.5.1 platformdirs==4.14.8
+  hydra-core==1.3.8 omegaconf==2.3.1
+  whisperx==3.8.6 nltk==3.10.4
+)
+"$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  "${platforms[@]}" -d "$dest" "${wheels[@]}"
+# Published as source only: build pure-Python wheels here.
+"$py" -m pip wheel -q --no-deps -w "$dest" antlr4-python3-runtime==4.9.3 encodec==0.1.1
+total=$(du -cb "$dest"/*.whl | tail -1 | cut -f1)
+echo "gpu_wheels: $(ls "$dest"/*.whl | wc -l) wheels, $((total / 1024 / 1024)) MiB in $dest" >&2
+if [ "$total" -gt $((56 * 1024 * 1024)) ]; then
+  echo "gpu_wheels: over 56 MiB; split the bench (TTS and alignment) into two runs" >&2
+  exit 1
+fi

@@ -30,7 +30,7 @@ wheels=(
 # Published as source only: build pure-Python wheels here.
 "$py" -m pip wheel -q --no-deps -w "$dest" antlr4-python3-runtime==4.9.3 encodec==0.1.1
 total=$(du -cb "$dest"/*.whl | tail -1 | cut -f1)
-echo "gpu_wheels: $(ls "$dest"/*.whl | wc -l) wheels, $((total / 1024 / 1024)) MiB in $dest" >&2
+echo "gpu_wheels: $(find "$dest" -name "*.whl" | wc -l) wheels, $((total / 1024 / 1024)) MiB in $dest" >&2
 if [ "$total" -gt $((56 * 1024 * 1024)) ]; then
   echo "gpu_wheels: over 56 MiB; split the bench (TTS and alignment) into two runs" >&2
   exit 1

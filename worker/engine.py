@@ -152,6 +152,12 @@ class Engine:
         speech = _resample(audio, self.sample_rate, self.asr_sample_rate)
         self.transcribe(speech, language=self.config.default_language, word_timestamps=False)
         self.align(speech, "warm up", self.config.default_language)
+        if getattr(self.tts, "cuda_graphs", False):
+            # One graph per length bucket up to upstream's per-batch budget (~22 s), captured now so no
+            # request pays a capture.
+            from worker.tts import BATCH_SECONDS, HOP
+
+            self.tts.capture_buckets(int(BATCH_SECONDS * self.sample_rate / HOP) + 1)
         log.info("engine: warm-up done in %.1f s", time.monotonic() - started)
 
     def synthesize(self, text: str, ref_audio: np.ndarray, ref_text: str,

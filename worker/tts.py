@@ -203,6 +203,8 @@ class F5Synth:
         self.bucket = max(1, bucket_frames)
         self.first_chunk_chars = first_chunk_chars
         self._graphs: dict[int, tuple[_StepGraph, dict[str, torch.Tensor]]] = {}
+        # Swappable so CPU tests can replay the very same step eagerly (no CUDA to capture on).
+        self._graph_factory = _StepGraph
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._forward = self._dit_forward
         if compile_mode:
@@ -361,7 +363,7 @@ class F5Synth:
                 bufs["y"].add_(bufs["dt"] * (pred + (pred - null) * bufs["cfg"]))
 
             log.info("tts: capturing a CUDA graph for %s frames", padded)
-            entry = (_StepGraph(step, bufs["y"], self._pool), bufs)
+            entry = (self._graph_factory(step, bufs["y"], self._pool), bufs)
             self._graphs[padded] = entry
         graph, bufs = entry
         bufs["y"].copy_(y)

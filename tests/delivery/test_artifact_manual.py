@@ -92,6 +92,34 @@ def test_manual_install_stops_at_a_missing_part(release_copy: Path, tmp_path: Pa
     assert not dest.exists()
 
 
+def low_disk_script() -> str:
+    """Step 1 of the manual block up to parts.txt, then the low-disk block, as the doc says."""
+    head = doc_block("manual-install").split("parts.txt\n", 1)[0] + "parts.txt\n"
+    return head + doc_block("low-disk-install")
+
+
+def test_documented_low_disk_install_works(artifact_dir: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "env"
+    work = tmp_path / "work"
+    with serve(artifact_dir) as base:
+        proc = run_block(low_disk_script(), base, dest, work)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    hello = subprocess.run([str(dest / "bin" / "hello-prefix")], capture_output=True, text=True, check=True)
+    assert f"prefix={dest}" in hello.stdout
+    assert not list((work / "artifact").glob("*.tar.zst.*")), "each part is deleted once extracted"
+
+
+def test_low_disk_install_stops_at_a_corrupted_part(release_copy: Path, tmp_path: Path) -> None:
+    manifest = json.loads((release_copy / "manifest.json").read_text())
+    victim = release_copy / manifest["parts"][-1]["name"]
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
+    dest = tmp_path / "env"
+    with serve(release_copy) as base:
+        proc = run_block(low_disk_script(), base, dest, tmp_path / "work")
+    assert proc.returncode != 0
+    assert f"{victim.name}: FAILED" in proc.stdout + proc.stderr  # caught before its bytes reached tar
+
+
 def _bootstrap(args: list[str]) -> tuple[subprocess.CompletedProcess[str], dict]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "BOOTSTRAP_VOLUME_FALLBACK": "fail"}
     for name in ("MANIFEST_URL", "MANIFEST_SHA256", "RUNPOD_POD_ID", "RUNPOD_WEBHOOK_GET_JOB"):

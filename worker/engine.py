@@ -162,6 +162,8 @@ class Engine:
 
     def synthesize(self, text: str, ref_audio: np.ndarray, ref_text: str,
                    params: SynthesisParams) -> Iterator[np.ndarray]:
+        """Checks the inputs now (EngineError naming the field), then returns an iterator that makes the
+        audio batch by batch as it is consumed."""
         from worker.tts import TTSError
 
         ref = _check_audio(ref_audio, "ref_audio")
@@ -170,7 +172,7 @@ class Engine:
         if not params.speed > 0:
             raise EngineError(f"speed: {params.speed} must be > 0")
         try:
-            yield from self.tts.synthesize(
+            return self.tts.synthesize(
                 text, ref, ref_text, speed=params.speed, nfe_step=params.nfe_step,
                 cfg_strength=params.cfg_strength, sway_sampling_coef=params.sway_sampling_coef,
                 seed=params.seed, cross_fade_s=params.cross_fade_s,

@@ -251,23 +251,32 @@ class F5Synth:
         batches = self.plan(text, ref_text, seconds, speed, seed)
         if not batches:
             raise TTSError("text: nothing to say after splitting into sentences")
+        # Inputs are checked above, at call time; the audio is made as the caller iterates.
+        return self._stream(batches, ref, ref_text, speed, nfe_step, cfg_strength, sway_sampling_coef,
+                            cross_fade_s)
+
+    def _stream(self, batches, ref, ref_text, speed, nfe_step, cfg_strength, sway_sampling_coef,
+                cross_fade_s) -> Iterator[np.ndarray]:
+        # inference_mode is thread-global state: it is entered per batch and never held across a yield,
+        # so the consumer's code between chunks runs in the mode it chose.
         with torch.inference_mode():
             audio = torch.from_numpy(ref).to(self.device).unsqueeze(0)
             rms = float(torch.sqrt(torch.mean(torch.square(audio))))
             if rms < TARGET_RMS:
                 audio = audio * TARGET_RMS / max(rms, 1e-12)
             cond = self.cfm.mel_spec(audio).permute(0, 2, 1).to(self.dtype)
-            fader = CrossFader(int(cross_fade_s * SAMPLE_RATE))
-            # Upstream appends a space after a Latin-script reference so the two texts do not fuse.
-            joiner_ref = ref_text + " " if _utf8_len(ref_text[-1]) == 1 else ref_text
-            for i, batch in enumerate(batches):
+        fader = CrossFader(int(cross_fade_s * SAMPLE_RATE))
+        # Upstream appends a space after a Latin-script reference so the two texts do not fuse.
+        joiner_ref = ref_text + " " if _utf8_len(ref_text[-1]) == 1 else ref_text
+        for i, batch in enumerate(batches):
+            with torch.inference_mode():
                 wave = self._one_batch(cond, audio.shape[-1] // HOP, joiner_ref, batch, speed, nfe_step,
                                        cfg_strength, sway_sampling_coef)
-                if rms < TARGET_RMS:
-                    wave = wave * rms / TARGET_RMS
-                chunk = fader.push(wave, last=i == len(batches) - 1)
-                if len(chunk):
-                    yield chunk
+            if rms < TARGET_RMS:
+                wave = wave * rms / TARGET_RMS
+            chunk = fader.push(wave, last=i == len(batches) - 1)
+            if len(chunk):
+                yield chunk
 
     # ---- one batch ---------------------------------------------------------------------------------
     def _one_batch(self, cond, ref_frames, ref_text, batch, speed, steps, cfg, sway) -> np.ndarray:

@@ -172,3 +172,14 @@ def test_pyannote_vad_path_loads_offline_and_returns_well_formed_output():
     for seg in tr.segments:
         assert 0.0 <= seg.start <= seg.end <= 4.0 + 1e-6
     _words_ok(tr.words, 4.0)
+
+
+def test_synthesize_checks_inputs_at_call_time_and_leaves_grad_mode_alone(engine):
+    import torch
+
+    with pytest.raises(EngineError, match="text"):
+        engine.synthesize("", _ref(1.0), REF_TEXT, SynthesisParams())  # raised before any iteration
+    stream = engine.synthesize("One. Two.", _ref(1.0), REF_TEXT, SynthesisParams(nfe_step=2, seed=1))
+    next(stream)
+    assert not torch.is_inference_mode_enabled()  # the consumer's code between chunks is not affected
+    list(stream)

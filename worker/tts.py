@@ -223,9 +223,9 @@ class F5Synth:
         max_chars = int(_utf8_len(ref_text) / ref_seconds * (BATCH_SECONDS - ref_seconds) * speed)
         max_chars = max(max_chars, 1)
         if self.first_chunk_chars and self.first_chunk_chars < max_chars:
-            head = chunk_text(text, self.first_chunk_chars)
-            rest = text.strip()[len(head[0]):] if head else ""
-            texts = head[:1] + chunk_text(rest, max_chars)
+            small = chunk_text(text, self.first_chunk_chars)
+            # The first small batch stays; the rest is regrouped under the normal budget.
+            texts = small[:1] + chunk_text(" ".join(small[1:]), max_chars)
         else:
             texts = chunk_text(text, max_chars)
         return [Batch(t, seed + i) for i, t in enumerate(texts)]

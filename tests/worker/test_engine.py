@@ -103,6 +103,7 @@ def test_first_chunk_limit_makes_a_short_first_batch(tmp_path):
     synth_plan = tts.F5Synth.plan.__get__(type("S", (), {"first_chunk_chars": 20})())
     batches = synth_plan("One two three. Four five six seven eight nine ten.", "Ref. ", 2.0, 1.0, 0)
     assert batches[0].gen_text == "One two three."
+    assert " ".join(b.gen_text for b in batches) == "One two three. Four five six seven eight nine ten."
     assert [b.seed for b in batches] == list(range(len(batches)))
 
 

@@ -46,3 +46,28 @@ def test_bad_values_name_the_variable(env, name):
 
 def test_align_models_parse():
     assert parse_align_models(" en=/a ,fr=hf:x/y@1:z ") == {"en": "/a", "fr": "hf:x/y@1:z"}
+
+
+def _run_worker(env_extra: dict[str, str], tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "WORKER_VOLUME": str(tmp_path), **env_extra}
+    return subprocess.run([sys.executable, "-m", "worker"], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=root)
+
+
+def test_python_m_worker_stops_on_a_bad_variable_with_one_clear_line(tmp_path):
+    proc = _run_worker({"WORKER_DEVICE": "tpu"}, tmp_path)
+    assert proc.returncode == 2
+    assert "WORKER_DEVICE='tpu'" in proc.stderr and "phase config" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_python_m_worker_stops_on_a_missing_model_before_serving(tmp_path):
+    proc = _run_worker({"WORKER_DEVICE": "cpu", "F5_CKPT": str(tmp_path / "nope.safetensors")}, tmp_path)
+    assert proc.returncode == 2
+    assert "F5_CKPT=" in proc.stderr and "no such file" in proc.stderr and "phase models" in proc.stderr
+    assert "Traceback" not in proc.stderr

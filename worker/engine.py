@@ -183,6 +183,11 @@ class Engine:
     def transcribe(self, audio: np.ndarray, language: str | None = None,
                    word_timestamps: bool = True) -> Transcript:
         audio = _check_audio(audio, "audio")
+        if language is not None:
+            from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+            if language not in _LANGUAGE_CODES:
+                raise EngineError(f"language: {language!r} is not a Whisper language code (e.g. en, de, fr)")
         limit = len(audio) / self.asr_sample_rate
         result = self.asr.transcribe(audio, language)
         lang = result.get("language") or language or self.config.default_language

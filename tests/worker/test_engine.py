@@ -142,6 +142,11 @@ def test_transcribe_returns_a_well_formed_transcript(engine):
     assert untimed.text == tr.text and untimed.words == ()
 
 
+def test_transcribe_rejects_an_unknown_language(engine):
+    with pytest.raises(EngineError, match="language"):
+        engine.transcribe(_ref(1.0)[::3].copy(), language="klingon")
+
+
 def test_transcribe_detects_a_language(engine):
     tr = engine.transcribe(_ref(1.0, seed=4)[::3].copy())
     assert isinstance(tr.language, str) and tr.language

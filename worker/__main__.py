@@ -28,10 +28,7 @@ def prepare(config: WorkerConfig, *, warmup: bool = True):
     from worker.engine import Engine
 
     started = time.monotonic()
-    engine = Engine.load(config)
-    # Every model is on local disk now: keep every library off the hub for the life of the process.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    engine = Engine.load(config)  # resolves model files, then takes the process offline
     if warmup:
         engine.warmup()
     log.info("worker: ready in %.1f s (device %s)", time.monotonic() - started, engine.device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -121,6 +122,7 @@ class Engine:
         device = pick_device(config.device)
         started = time.monotonic()
         paths = resolve_models(config)
+        go_offline()
         _use_nltk_dir(config)
         dtype = tts._resolve_dtype(config.f5_dtype, device)
         cfm = tts.load_cfm(tts.load_arch(config.f5_arch), paths["ckpt"], paths["vocab"], device, dtype)
@@ -252,6 +254,21 @@ def resolve_models(config: WorkerConfig) -> dict[str, object]:
     for lang, spec in config.align_models.items():
         paths[f"align:{lang}"] = get(spec, f"ALIGN_MODELS[{lang}]")
     return paths
+
+
+def go_offline() -> None:
+    """Every model is on local disk now: keep huggingface_hub (and transformers through it) off the hub
+    for the life of the process. The variables alone are not enough once huggingface_hub is imported
+    (it reads them at import, and caches HTTP sessions), so its constant and sessions are reset too."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+        # Sessions made while online are cached without the offline adapter: drop them.
+        from huggingface_hub.utils import reset_sessions
+
+        reset_sessions()
 
 
 def _ckpt_file(path):

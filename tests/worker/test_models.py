@@ -81,7 +81,15 @@ class Hub:
 
 
 @pytest.fixture
-def hub():
+def hub(monkeypatch):
+    # An Engine loaded earlier in this process took it offline (worker.engine.go_offline); a fresh worker
+    # resolves its models before that, so these tests start online too.
+    import huggingface_hub.constants
+    from huggingface_hub.utils import reset_sessions
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    reset_sessions()
     state = Hub()
     server = ThreadingHTTPServer(("127.0.0.1", 0), state.handler())
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -189,3 +197,17 @@ def test_punkt_tab_written_offline_and_usable(tmp_path):
     finally:
         nltk.data.path.remove(str(tmp_path))
     assert len(spans) == 2
+
+
+def test_go_offline_blocks_hub_downloads_afterwards(hub, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from worker.engine import go_offline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    go_offline()
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is True
+    with pytest.raises(ModelError, match="WHISPER_MODEL"):
+        resolve("hf:owner/repo@v1", tmp_path, "WHISPER_MODEL", endpoint=hub.endpoint)
+    assert not _file_gets(hub) and not any("/api/" in p for p in hub.gets)

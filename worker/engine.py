@@ -159,7 +159,12 @@ class Engine:
             # request pays a capture.
             from worker.tts import BATCH_SECONDS, HOP
 
-            self.tts.capture_buckets(int(BATCH_SECONDS * self.sample_rate / HOP) + 1)
+            try:
+                self.tts.capture_buckets(int(BATCH_SECONDS * self.sample_rate / HOP) + 1)
+            except RuntimeError as exc:
+                # A capture failure must not keep the worker from serving: the eager path is the same math.
+                log.warning("engine: CUDA graph capture failed (%s); synthesizing without graphs", exc)
+                self.tts.disable_graphs()
         log.info("engine: warm-up done in %.1f s", time.monotonic() - started)
 
     def synthesize(self, text: str, ref_audio: np.ndarray, ref_text: str,

@@ -385,6 +385,10 @@ class F5Synth:
             graph.replay()
         return bufs["y"].clone()
 
+    def disable_graphs(self) -> None:
+        self.cuda_graphs = False
+        self._graphs.clear()
+
     def capture_buckets(self, max_frames: int) -> None:
         """Pre-capture the graphs of every bucket up to max_frames, so no request pays a capture."""
         if not self.cuda_graphs:

@@ -13,13 +13,17 @@ through a small queue, so decompression overlaps file writes.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import posixpath
 import queue
+import sys
 import tarfile
 import threading
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -29,6 +33,7 @@ from .errors import BootstrapError
 log = logging.getLogger("extract")
 
 _CHUNK = 1 << 20
+_SMALL_FILE = 4 << 20  # handed to the writer threads whole; larger files are streamed in place
 _QUEUE_DEPTH = 16
 _FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 
@@ -114,6 +119,90 @@ class _Pipe:
         self._thread.join(timeout=5)
 
 
+class _Forward:
+    """Seekable-forward-only file over the pipe: lets tarfile read in plain "r:" mode, whose reads go
+    straight through (its stream mode re-copies its whole buffer on every 512-byte header read)."""
+
+    def __init__(self, pipe: _Pipe) -> None:
+        self.pipe = pipe
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.pipe.read(n)
+        self.pos += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 1:
+            offset += self.pos
+        elif whence != 0 or offset < self.pos:
+            raise io.UnsupportedOperation("the archive stream only moves forward")
+        while self.pos < offset:
+            if not self.read(min(_CHUNK, offset - self.pos)):
+                break
+        return self.pos
+
+
+class _Writers:
+    """A few threads that create and fill files (the syscalls release the GIL), so file creation
+    overlaps header parsing and decompression. Bounded by bytes in flight; errors surface in order."""
+
+    def __init__(self, threads: int = 3, max_bytes: int = 64 << 20) -> None:
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="write")
+        self.pending: deque[tuple[Future[None], int, str]] = deque()
+        self.in_flight = 0
+        self.max_bytes = max_bytes
+
+    def submit(self, name: str, size: int, fn: Callable[..., None], *args: object) -> None:
+        while self.pending and (self.in_flight + size > self.max_bytes or len(self.pending) > 512):
+            self._reap_one()
+        self.pending.append((self.pool.submit(fn, *args), size, name))
+        self.in_flight += size
+
+    def _reap_one(self) -> None:
+        future, size, name = self.pending.popleft()
+        self.in_flight -= size
+        try:
+            future.result()
+        except OSError as exc:
+            raise _write_error(name, exc) from None
+
+    def drain(self) -> None:
+        while self.pending:
+            self._reap_one()
+
+    def close(self) -> None:
+        for future, _, _ in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True)
+
+
+def _write_small(path: str, data: bytes, mode: int, mtime_ns: int | None) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if mode & ~_UMASK != mode:
+            os.fchmod(fd, mode)
+        if mtime_ns is not None:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+    finally:
+        os.close(fd)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def _write_error(name: str, exc: OSError) -> BootstrapError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return BootstrapError("extract", f"no space left on the volume while writing {name!r}",
@@ -148,15 +237,21 @@ class Extractor:
         self._symlinks: set[str] = set()
         self._files: set[str] = set()
         self._dirs: set[str] = {""}
+        self._hardlinks: list[tuple[str, str]] = []
+        self._writers = _Writers()
 
     def run(self, compressed: BinaryIO) -> ExtractStats:
         self.root.mkdir(parents=True, exist_ok=True)
         if any(p.name not in self.keep for p in self.root.iterdir()):
             raise ExtractError(f"staging directory {self.root} is not empty", "remove it and start again")
         pipe = _Pipe(compressed)
+        # The parsing thread is CPU-bound; writer threads come back from each syscall wanting the GIL.
+        # With the default 5 ms switch interval they queue behind it (a convoy); 0.2 ms keeps them fed.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, 0.0002))
         try:
             try:
-                tar = tarfile.open(fileobj=pipe, mode="r|", bufsize=_CHUNK)  # type: ignore[call-overload]
+                tar = tarfile.open(fileobj=_Forward(pipe), mode="r:")  # type: ignore[arg-type]
             except tarfile.TarError as exc:
                 raise ExtractError(f"the archive is not a tar stream: {exc}") from None
             try:
@@ -166,11 +261,20 @@ class Extractor:
                         self._member(tar, member)
                     except OSError as exc:
                         raise _write_error(member.name, exc) from None
+                    tar.members.clear()  # nothing looks back: keep memory flat over 100k members
+                self._writers.drain()
+                for rel, source in self._hardlinks:  # their sources are all written now
+                    try:
+                        os.link(self.root / source, self.root / rel, follow_symlinks=False)
+                    except OSError as exc:
+                        raise _write_error(rel, exc) from None
             except tarfile.TarError as exc:
                 raise ExtractError(f"the tar stream is damaged: {exc}") from None
             pipe.finish()
         finally:
+            self._writers.close()
             pipe.close()
+            sys.setswitchinterval(switch)
         self._check_links()
         return self.stats
 
@@ -220,11 +324,28 @@ class Extractor:
                 self.stats.dirs += 1
 
     def _write_file(self, tar: tarfile.TarFile, m: tarfile.TarInfo, rel: str, target: Path) -> None:
+        mode = (m.mode & 0o777) | 0o600
+        # Python checks .pyc files against their source's mtime: keep those; other mtimes do not matter
+        # and cost a syscall per file.
+        mtime_ns = int(m.mtime * 1e9) if rel.endswith(".py") else None
         src = tar.extractfile(m)
         assert src is not None
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        if m.size <= _SMALL_FILE:
+            data = src.read(m.size)
+            if len(data) != m.size:
+                raise ExtractError(f"the archive ends inside {rel!r}")
+            self._writers.submit(rel, m.size, _write_small, str(target), data, mode, mtime_ns)
+        else:
+            self._write_large(src, m.size, rel, target, mode, mtime_ns)
+        self._files.add(rel)
+        self.stats.files += 1
+        self.stats.bytes += m.size
+
+    def _write_large(self, src: BinaryIO, size: int, rel: str, target: Path, mode: int,
+                     mtime_ns: int | None) -> None:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         try:
-            remaining = m.size
+            remaining = size
             while remaining > 0:
                 chunk = src.read(min(_CHUNK, remaining))
                 if not chunk:
@@ -233,14 +354,13 @@ class Extractor:
                 while view:
                     view = view[os.write(fd, view):]
                 remaining -= len(chunk)
-            os.fchmod(fd, (m.mode & 0o777) | 0o600)
-            # Keep mtimes: Python checks .pyc files against their source's mtime.
-            os.utime(fd, ns=(int(m.mtime * 1e9), int(m.mtime * 1e9)))
+            if mode & ~_UMASK != mode:
+                os.fchmod(fd, mode)
+            if mtime_ns is not None:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
         finally:
             os.close(fd)
-        self._files.add(rel)
-        self.stats.files += 1
-        self.stats.bytes += m.size
+
 
     def _symlink(self, m: tarfile.TarInfo, rel: str, target: Path) -> None:
         link = m.linkname
@@ -258,7 +378,7 @@ class Extractor:
         if source not in self._files:
             raise ExtractError(f"hardlink {rel!r} -> {m.linkname!r} does not point to a regular file "
                                "extracted earlier from this archive")
-        os.link(self.root / source, target, follow_symlinks=False)
+        self._hardlinks.append((rel, source))
         self._files.add(rel)
         self.stats.hardlinks += 1
 

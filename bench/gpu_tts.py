@@ -180,6 +180,9 @@ def engine_variant(paths: dict, device: str, name: str):
         "engine-upstream-sampler": {"sampler": "upstream"},
         "engine-fast": {},
         "engine-fast-graphs": {"bucket_frames": 64, "cuda_graphs": True},
+        # One graph per exact length, no attention mask: prices the mask (not for production: a new
+        # length pays a capture).
+        "engine-fast-graphs-exact": {"bucket_frames": 1, "cuda_graphs": True},
         "engine-fast-graphs-compile": {"bucket_frames": 64, "cuda_graphs": True,
                                        "compile_mode": "max-autotune-no-cudagraphs"},
     }[name]

@@ -327,7 +327,9 @@ class F5Synth:
         const = F.pad(const, (0, 0, 0, padded - frames))
         y = F.pad(self._noise(frames, seed).unsqueeze(0), (0, 0, 0, padded - frames))
         mask = None
-        if padded != frames or self.cuda_graphs:
+        # Graphs are shared by every length in a bucket, so they always mask (except exact-length
+        # buckets, bucket_frames=1, which the bench uses to price the mask).
+        if padded != frames or (self.cuda_graphs and self.bucket > 1):
             mask = (torch.arange(padded, device=self.device) < frames).unsqueeze(0).expand(2, -1)
         t = self._time_grid(steps, sway)
         if self.cuda_graphs:
@@ -362,7 +364,7 @@ class F5Synth:
     def _run_graph(self, padded, y, const, mask, t, cfg) -> torch.Tensor:
         entry = self._graphs.get(padded)
         if entry is None:
-            bufs = {"y": y.clone(), "const": const.clone(), "mask": mask.clone(),
+            bufs = {"y": y.clone(), "const": const.clone(), "mask": None if mask is None else mask.clone(),
                     "t": t[0].clone(), "dt": (t[1] - t[0]).clone(),
                     "cfg": torch.tensor(cfg, device=self.device, dtype=self.dtype)}
             rope = self.dit.rotary_embed.forward_from_seq_len(padded)
@@ -377,7 +379,8 @@ class F5Synth:
         graph, bufs = entry
         bufs["y"].copy_(y)
         bufs["const"].copy_(const)
-        bufs["mask"].copy_(mask)
+        if mask is not None:
+            bufs["mask"].copy_(mask)
         bufs["cfg"].fill_(cfg)
         for i in range(len(t) - 1):
             bufs["t"].copy_(t[i])
@@ -391,7 +394,7 @@ class F5Synth:
 
     def capture_buckets(self, max_frames: int) -> None:
         """Pre-capture the graphs of every bucket up to max_frames, so no request pays a capture."""
-        if not self.cuda_graphs:
+        if not self.cuda_graphs or self.bucket == 1:  # exact lengths: too many to pre-capture
             return
         with torch.inference_mode():
             for padded in range(self.bucket, max_frames + self.bucket, self.bucket):

@@ -162,10 +162,11 @@ class _EagerGraph:
         self.step()
 
 
-def test_graph_step_path_equals_plain_path(root):
+@pytest.mark.parametrize("bucket", [64, 1], ids=["bucketed-masked", "exact-length"])
+def test_graph_step_path_equals_plain_path(root, bucket):
     ref = _ref(1.0, 0.1, seed=12)
     plain = np.concatenate(list(_synth(root).synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=6, seed=4)))
-    graphed = _synth(root, bucket_frames=64)
+    graphed = _synth(root, bucket_frames=bucket)
     graphed.cuda_graphs = True
     graphed._graph_factory = _EagerGraph
     first = np.concatenate(list(graphed.synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=6, seed=4)))

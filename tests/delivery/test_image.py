@@ -10,13 +10,17 @@ image, without the cffi backend the Dockerfile drops) and installs a real artifa
 from __future__ import annotations
 
 import fnmatch
+import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -120,14 +124,15 @@ def test_dockerignore_lets_through_only_what_the_image_needs() -> None:
     assert not [f for f in context if "__pycache__" in f or f.endswith(".pyc")]
 
 
-@pytest.mark.slow
-def test_the_image_context_alone_installs_a_real_artifact(artifact_dir: Path, tmp_path: Path) -> None:
+def image_like(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """/opt/app as the image has it (only what .dockerignore lets through) and the environment to run
+    `python -S -m worker.bootstrap` there: no site-packages, so only the stdlib, the copied context and
+    zstandard as the Dockerfile leaves it (C backend only) are importable. No runpod SDK."""
     app = tmp_path / "opt" / "app"
     for rel in image_context(REPO):
         if rel.startswith("worker/"):
             (app / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, app / rel)
-    # The image's one wheel, as the Dockerfile leaves it (C backend only).
     import zstandard
 
     site = tmp_path / "site"
@@ -137,6 +142,13 @@ def test_the_image_context_alone_installs_a_real_artifact(artifact_dir: Path, tm
     volume.mkdir()
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(site), "RUNPOD_VOLUME": str(volume),
            "BOOTSTRAP_VOLUME_FALLBACK": "fail", "HOME": str(tmp_path)}
+    return app, env
+
+
+@pytest.mark.slow
+def test_the_image_context_alone_installs_a_real_artifact(artifact_dir: Path, tmp_path: Path) -> None:
+    app, env = image_like(tmp_path)
+    volume = Path(env["RUNPOD_VOLUME"])
     with serve(artifact_dir) as base:
         env["MANIFEST_URL"] = f"{base}/manifest.json"
         # -S: no site-packages, so only the stdlib, the copied context and zstandard are importable.
@@ -145,3 +157,64 @@ def test_the_image_context_alone_installs_a_real_artifact(artifact_dir: Path, tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["status"] == "ready" and Path(result["path"]).parent == volume / "envs"
+
+
+class _JobQueue(http.server.BaseHTTPRequestHandler):
+    """RunPod's job endpoints as the serverless worker loop uses them: take a job, post its result."""
+
+    jobs: ClassVar[list[dict]] = []
+    results: ClassVar[list[tuple[str, str, dict]]] = []
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/take/pod-1") and self.jobs:
+            body = json.dumps(self.jobs.pop(0)).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(204 if self.path.startswith("/take/") else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_POST(self) -> None:
+        data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.results.append((self.path, self.headers.get("Authorization", ""), json.loads(data)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_without_the_runpod_sdk_a_failed_install_still_answers_jobs(tmp_path: Path) -> None:
+    """Why the image can leave the runpod SDK out (docs/image.md): the bootstrap's stdlib job loop puts
+    an install failure into the job's response."""
+    app, env = image_like(tmp_path)
+    _JobQueue.jobs = [{"id": "job-1", "input": {"text": "hello"}}]
+    _JobQueue.results = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _JobQueue)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    env.update(MANIFEST_URL=f"{base}/releases/v9.9.9/manifest.json", RUNPOD_POD_ID="pod-1",
+               RUNPOD_AI_API_KEY="test-key", RUNPOD_WEBHOOK_GET_JOB=f"{base}/take/$ID",
+               RUNPOD_WEBHOOK_POST_OUTPUT=f"{base}/done/$ID")
+    proc = subprocess.Popen([sys.executable, "-S", "-m", "worker.bootstrap"], cwd=app, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _JobQueue.results and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert _JobQueue.results, f"no job was answered (exit {proc.poll()})"
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+        server.shutdown()
+        server.server_close()
+    path, auth, result = _JobQueue.results[0]
+    assert path.startswith("/done/job-1") and auth == "test-key"
+    assert "404" in result["error"] and "manifest" in result["error"]
+    failure = json.loads(out.strip().splitlines()[0])
+    assert failure["status"] == "failed" and failure["phase"] in ("fetch", "manifest")
+    assert "runpod SDK not installed" in err or "built-in job loop" in err

@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--nfe", type=int, nargs="+", default=[32, 16])
     ap.add_argument("--variants", nargs="+", default=["upstream", "engine-upstream-sampler", "engine-fast",
-                                                      "engine-fast-graphs"])
+                                                      "engine-fast-graphs", "engine-fast-graphs-exact"])
     ap.add_argument("--no-align", action="store_true")
     args = ap.parse_args(argv)
 

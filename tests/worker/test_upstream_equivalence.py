@@ -46,9 +46,9 @@ def upstream(root):
     return model, vocoder
 
 
-def _synth(root, **kw) -> tts.F5Synth:
+def _synth(root, dtype=torch.float32, **kw) -> tts.F5Synth:
     cfm = tts.load_cfm(tts.load_arch(str(root / "f5" / "arch.json")), root / "f5" / "model_tiny.safetensors",
-                       root / "f5" / "vocab.txt", "cpu", torch.float32)
+                       root / "f5" / "vocab.txt", "cpu", dtype)
     return tts.F5Synth(cfm, tts.load_vocos(root / "vocos", "cpu"), "cpu", **kw)
 
 
@@ -178,3 +178,27 @@ def test_graph_step_path_equals_plain_path(root, bucket):
     np.testing.assert_allclose(first, plain, rtol=0, atol=1e-4 * peak)
     np.testing.assert_array_equal(again, first)
     assert not np.allclose(other, first)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)],
+                         ids=["fp16", "bf16"])
+def test_reduced_precision_paths_equal_upstream_sampler_in_that_precision(root, dtype, tol):
+    """The GPU runs the DiT in fp16 (vocos fp32): the same dtype plumbing (time grid, noise, constants,
+    graph buffers) runs here on CPU against upstream's CFM.sample in the same precision. The tolerance
+    is the precision's: a few ulp of fp16/bf16 per step, accumulated over the steps."""
+
+    def synth(**kw):
+        return _synth(root, dtype, **kw)
+
+    ref = _ref(1.0, 0.1, seed=3)
+    kw = {"nfe_step": 6, "seed": 1}
+    up = np.concatenate(list(synth(sampler="upstream").synthesize(GEN_TEXT, ref, REF_TEXT, **kw)))
+    fast = np.concatenate(list(synth().synthesize(GEN_TEXT, ref, REF_TEXT, **kw)))
+    graphed = synth(bucket_frames=64)
+    graphed.cuda_graphs = True
+    graphed._graph_factory = _EagerGraph
+    graph = np.concatenate(list(graphed.synthesize(GEN_TEXT, ref, REF_TEXT, **kw)))
+    peak = float(np.abs(up).max())
+    assert fast.dtype == np.float32 and np.isfinite(fast).all()
+    np.testing.assert_allclose(fast, up, rtol=0, atol=tol * peak)
+    np.testing.assert_allclose(graph, up, rtol=0, atol=tol * peak)

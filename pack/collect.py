@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from conda_pack.core import CondaEnv, CondaPackException, File, Packer
+from conda_pack.core import CondaEnv, CondaPackException, File, Packer, is_binary_file
 
 from .errors import PackError
 
@@ -102,7 +102,10 @@ class _Recorder:
     def add_bytes(self, source: str, data: bytes, target: str) -> None:
         st = os.stat(source)
         entry = Entry(target, "file", _is_exec(st.st_mode))
-        if len(data) <= _KEEP_IN_MEMORY or self.current is None:
+        if self.current is not None and self.current.file_mode == "unknown" and is_binary_file(data):
+            # An unmanaged binary (pip's .so files): conda-pack read it to classify it and left it as is.
+            entry.source = source
+        elif len(data) <= _KEEP_IN_MEMORY or self.current is None:
             entry.data = data
         else:
             entry.regenerate = _regenerator(self.prefix, self.dest_prefix, self.current, target)

@@ -58,9 +58,15 @@ def build_artifact(venv: Path, out: Path, level: int = 3) -> dict:
                     tar.addfile(info, io.BytesIO(SHIM))
                     files += 1
                     continue
+                # As pack/ writes them: integer mtime, uid 0, 0755/0644 (PAX only for long names).
                 info = tar.gettarinfo(str(path), arcname=rel)
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
+                info.mtime = 1_700_000_000
+                if info.isreg():
+                    info.mode = 0o755 if info.mode & 0o100 else 0o644
+                elif info.isdir():
+                    info.mode = 0o755
                 if info.isreg():
                     with open(path, "rb") as src:
                         tar.addfile(info, src)
@@ -220,9 +226,10 @@ def main() -> None:
                 shutil.rmtree(dest, ignore_errors=True)
                 Path(f"{dest}.sha256").unlink(missing_ok=True)
             print(f"round {i + 1}: ours {ours[-1]:.2f} s, pipeline {pipe[-1]:.2f} s", flush=True)
-        big_vol = work / "warm-big"
+        big_vol, tiny_vol = work / "warm-big", work / "warm-tiny"
+        shutil.rmtree(big_vol, ignore_errors=True)
+        shutil.rmtree(tiny_vol, ignore_errors=True)
         run_ours(url, big_vol)
-        tiny_vol = work / "warm-tiny"
         tiny_vol.mkdir()
         warm_big = warm_start(url, big_vol, args.repeat * 2)
         warm_tiny = warm_start(url_tiny, tiny_vol, args.repeat * 2)

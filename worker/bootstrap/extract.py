@@ -237,6 +237,7 @@ class Extractor:
         self._symlinks: set[str] = set()
         self._files: set[str] = set()
         self._dirs: set[str] = {""}
+        self._prefix = str(root) + os.sep
         self._hardlinks: list[tuple[str, str]] = []
         self._writers = _Writers()
 
@@ -290,7 +291,7 @@ class Extractor:
         self._ensure_dir(parent, rel)
         if rel in self._files or rel in self._symlinks or (rel in self._dirs and not m.isdir()):
             raise ExtractError(f"member {rel!r} appears twice in the archive")
-        target = self.root / rel
+        target = self._prefix + rel  # plain strings: pathlib costs more than the syscall here
         if m.type in _FILE_TYPES:
             self._write_file(tar, m, rel, target)
         elif m.isdir():
@@ -319,11 +320,11 @@ class Extractor:
             if built in self._files:
                 raise ExtractError(f"member {member!r} goes through the file {built!r}")
             if built not in self._dirs:
-                os.mkdir(self.root / built, 0o755)
+                os.mkdir(self._prefix + built, 0o755)
                 self._dirs.add(built)
                 self.stats.dirs += 1
 
-    def _write_file(self, tar: tarfile.TarFile, m: tarfile.TarInfo, rel: str, target: Path) -> None:
+    def _write_file(self, tar: tarfile.TarFile, m: tarfile.TarInfo, rel: str, target: str) -> None:
         mode = (m.mode & 0o777) | 0o600
         # Python checks .pyc files against their source's mtime: keep those; other mtimes do not matter
         # and cost a syscall per file.
@@ -334,14 +335,14 @@ class Extractor:
             data = src.read(m.size)
             if len(data) != m.size:
                 raise ExtractError(f"the archive ends inside {rel!r}")
-            self._writers.submit(rel, m.size, _write_small, str(target), data, mode, mtime_ns)
+            self._writers.submit(rel, m.size, _write_small, target, data, mode, mtime_ns)
         else:
             self._write_large(src, m.size, rel, target, mode, mtime_ns)
         self._files.add(rel)
         self.stats.files += 1
         self.stats.bytes += m.size
 
-    def _write_large(self, src: BinaryIO, size: int, rel: str, target: Path, mode: int,
+    def _write_large(self, src: BinaryIO, size: int, rel: str, target: str, mode: int,
                      mtime_ns: int | None) -> None:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         try:
@@ -362,7 +363,7 @@ class Extractor:
             os.close(fd)
 
 
-    def _symlink(self, m: tarfile.TarInfo, rel: str, target: Path) -> None:
+    def _symlink(self, m: tarfile.TarInfo, rel: str, target: str) -> None:
         link = m.linkname
         if not link or "\x00" in link or link.startswith("/"):
             raise ExtractError(f"symlink {rel!r} -> {link!r} points outside the environment (absolute)")
@@ -373,7 +374,7 @@ class Extractor:
         self._symlinks.add(rel)
         self.stats.symlinks += 1
 
-    def _hardlink(self, m: tarfile.TarInfo, rel: str, target: Path) -> None:
+    def _hardlink(self, m: tarfile.TarInfo, rel: str, target: str) -> None:
         source = _clean_name(m.linkname)
         if source not in self._files:
             raise ExtractError(f"hardlink {rel!r} -> {m.linkname!r} does not point to a regular file "

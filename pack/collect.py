@@ -105,6 +105,10 @@ class _Recorder:
         if self.current is not None and self.current.file_mode == "unknown" and is_binary_file(data):
             # An unmanaged binary (pip's .so files): conda-pack read it to classify it and left it as is.
             entry.source = source
+        elif self.current is not None and len(data) == st.st_size and _unchanged(source, data):
+            # Most unmanaged text files (pip's .py files) pass through unchanged: stream them from disk
+            # instead of holding every one of them in memory until the tar is written.
+            entry.source = source
         elif len(data) <= _KEEP_IN_MEMORY or self.current is None:
             entry.data = data
         else:
@@ -116,6 +120,11 @@ class _Recorder:
             log.warning("collect: %s is provided twice; keeping the first", entry.target)
             return
         self.entries[entry.target] = entry
+
+
+def _unchanged(source: str, data: bytes) -> bool:
+    with open(source, "rb") as fh:
+        return fh.read() == data
 
 
 def _regenerator(prefix: str, dest_prefix: str | None, file: File, target: str) -> Callable[[], bytes]:

@@ -93,6 +93,20 @@ def test_fast_sampler_equals_upstream_infer(root, upstream, rms):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * peak)
 
 
+def test_engine_as_configured_equals_upstream_infer(root, upstream):
+    """The whole path a job takes: WorkerConfig -> Engine.load (model resolution, loading) -> synthesize."""
+    from worker.engine import Engine, SynthesisParams
+    from worker.tiny import tiny_config
+
+    engine = Engine.load(tiny_config(TINY_CACHE))
+    ref = _ref(2.5, 0.1, seed=21)
+    up_ref_text, batches = _upstream_batches(ref, REF_TEXT, GEN_TEXT)
+    want = _upstream_wave(upstream, ref, up_ref_text, batches, seed=33, nfe=8)
+    params = SynthesisParams(nfe_step=8, seed=33)
+    got = np.concatenate(list(engine.synthesize(GEN_TEXT, ref, REF_TEXT, params)))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * float(np.abs(want).max()))
+
+
 def test_upstream_sampler_matches_upstream_to_rounding(root, upstream):
     ref = _ref(1.5, 0.1, seed=3)
     up_ref_text, batches = _upstream_batches(ref, REF_TEXT, GEN_TEXT)

@@ -217,7 +217,7 @@ def measure_upstream(api, ref_path: Path, nfe: int, runs: int, device: str) -> t
 
 
 def measure_engine(synth, ref: np.ndarray, nfe: int, runs: int, device: str) -> dict:
-    kw = {"nfe_step": nfe, "seed": 0}
+    kw: dict = {"nfe_step": nfe, "seed": 0}
     list(synth.synthesize(GEN_TEXT, ref, REF_TEXT, **kw))  # warm (captures graphs for this length)
     out: dict = {}
 
@@ -225,8 +225,9 @@ def measure_engine(synth, ref: np.ndarray, nfe: int, runs: int, device: str) -> 
         out["chunks"] = list(synth.synthesize(GEN_TEXT, ref, REF_TEXT, **kw))
 
     times = [timed(call, device) for _ in range(runs)]
-    # First streamed chunk: a short first batch (F5_FIRST_CHUNK_CHARS) so the stream can start early.
-    synth.first_chunk_chars = 40
+    # First streamed chunk: a short first batch (SynthesisParams.first_chunk_chars / F5_FIRST_CHUNK_CHARS)
+    # so the stream can start early.
+    kw["first_chunk_chars"] = 40
     next(iter(synth.synthesize(GEN_TEXT, ref, REF_TEXT, **kw)))  # warm this shape too
     firsts = []
     for _ in range(runs):
@@ -237,7 +238,6 @@ def measure_engine(synth, ref: np.ndarray, nfe: int, runs: int, device: str) -> 
         sync(device)
         firsts.append(time.perf_counter() - t0)
         stream.close()
-    synth.first_chunk_chars = 0
     return {"times": times, "first_chunk": firsts, "audio": np.concatenate(out["chunks"])}
 
 

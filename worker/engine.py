@@ -59,6 +59,9 @@ class SynthesisParams:
     sway_sampling_coef: float = -1.0
     seed: int | None = None
     cross_fade_s: float = 0.15
+    # Streams: a short first batch (at most this many UTF-8 bytes of text) so audio starts sooner; the
+    # rest is batched as usual. None: the worker's F5_FIRST_CHUNK_CHARS (default 0: upstream batching).
+    first_chunk_chars: int | None = None
 
 
 def pick_device(name: str) -> str:
@@ -183,6 +186,7 @@ class Engine:
                 text, ref, ref_text, speed=params.speed, nfe_step=params.nfe_step,
                 cfg_strength=params.cfg_strength, sway_sampling_coef=params.sway_sampling_coef,
                 seed=params.seed, cross_fade_s=params.cross_fade_s,
+                first_chunk_chars=params.first_chunk_chars,
             )
         except TTSError as exc:
             raise EngineError(str(exc).removeprefix("tts: ")) from exc

@@ -219,11 +219,13 @@ class F5Synth:
         self._w_rest = proj.weight[:, N_MELS:]
 
     # ---- text batching -------------------------------------------------------------------------
-    def plan(self, text: str, ref_text: str, ref_seconds: float, speed: float, seed: int) -> list[Batch]:
+    def plan(self, text: str, ref_text: str, ref_seconds: float, speed: float, seed: int,
+             first_chunk_chars: int | None = None) -> list[Batch]:
         max_chars = int(_utf8_len(ref_text) / ref_seconds * (BATCH_SECONDS - ref_seconds) * speed)
         max_chars = max(max_chars, 1)
-        if self.first_chunk_chars and self.first_chunk_chars < max_chars:
-            small = chunk_text(text, self.first_chunk_chars)
+        first = self.first_chunk_chars if first_chunk_chars is None else first_chunk_chars
+        if first and first < max_chars:
+            small = chunk_text(text, first)
             # The first small batch stays; the rest is regrouped under the normal budget.
             texts = small[:1] + chunk_text(" ".join(small[1:]), max_chars)
         else:
@@ -233,7 +235,8 @@ class F5Synth:
     # ---- public ----------------------------------------------------------------------------------
     def synthesize(self, text: str, ref_audio: np.ndarray, ref_text: str, *, speed: float = 1.0,
                    nfe_step: int = 32, cfg_strength: float = 2.0, sway_sampling_coef: float = -1.0,
-                   seed: int | None = None, cross_fade_s: float = 0.15) -> Iterator[np.ndarray]:
+                   seed: int | None = None, cross_fade_s: float = 0.15,
+                   first_chunk_chars: int | None = None) -> Iterator[np.ndarray]:
         ref = np.asarray(ref_audio, dtype=np.float32).reshape(-1)
         seconds = len(ref) / SAMPLE_RATE
         if seconds < HOP * 4 / SAMPLE_RATE:
@@ -248,7 +251,7 @@ class F5Synth:
             seed = random.randrange(2**31)
             log.info("tts: no seed given, using %s", seed)
         ref_text = _normalize_ref_text(ref_text)
-        batches = self.plan(text, ref_text, seconds, speed, seed)
+        batches = self.plan(text, ref_text, seconds, speed, seed, first_chunk_chars)
         if not batches:
             raise TTSError("text: nothing to say after splitting into sentences")
         # Inputs are checked above, at call time; the audio is made as the caller iterates.

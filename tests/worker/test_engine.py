@@ -107,6 +107,15 @@ def test_first_chunk_limit_makes_a_short_first_batch(tmp_path):
     assert [b.seed for b in batches] == list(range(len(batches)))
 
 
+def test_first_chunk_chars_per_request_splits_only_that_request(engine):
+    ref, text = _ref(2.0, seed=7), "One two three four. Five six seven eight nine ten eleven."
+    whole = _say(engine, text, ref, seed=3)
+    quick = _say(engine, text, ref, seed=3, first_chunk_chars=20)
+    assert len(whole) == 1 and len(quick) == 2
+    assert len(quick[0]) < len(whole[0]) / 2
+    assert len(_say(engine, text, ref, seed=3)) == 1  # the engine's default is untouched
+
+
 def test_bad_synthesis_inputs_name_the_field(engine):
     ref = _ref(1.0)
     cases = [

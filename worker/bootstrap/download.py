@@ -36,6 +36,10 @@ class DownloadError(BootstrapError):
         super().__init__("download", message, remedy)
 
 
+class _Cancelled(DownloadError):
+    """Stopped because another part failed for good, or the install is over."""
+
+
 class StreamRestart(Exception):
     """A part the stream already read from was fetched again: what was read may differ; start over."""
 
@@ -82,16 +86,19 @@ class Downloads:
         return self
 
     def _run(self) -> None:
-        try:
-            with ThreadPoolExecutor(self.parallel, thread_name_prefix="part") as pool:
-                # Submitted in archive order so the streaming extractor is fed from the front.
-                for future in [pool.submit(self._part, f) for f in self.files]:
-                    future.result()
-        except BaseException as exc:  # handed to whoever waits on us
-            self._cancel.set()
+        errors: list[BaseException] = []
+        with ThreadPoolExecutor(self.parallel, thread_name_prefix="part") as pool:
+            # Submitted in archive order so the streaming extractor is fed from the front.
+            futures = [pool.submit(self._part, f) for f in self.files]
+            for future in futures:
+                exc = future.exception()
+                if exc is not None:
+                    errors.append(exc)
+        if errors:  # the first real failure, not the parts it cancelled; handed to whoever waits
+            real = [e for e in errors if not isinstance(e, _Cancelled)] or errors
             with self._cond:
                 if self.error is None:
-                    self.error = exc
+                    self.error = real[0]
                 self._cond.notify_all()
 
     def wait(self) -> None:
@@ -141,13 +148,19 @@ class Downloads:
     def _part(self, f: PartFile) -> None:
         try:
             self._part_unsafe(f)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DownloadError(f"no space left on the volume while writing part {f.part.name}",
-                                    "grow the network volume or remove old envs (see `python -m "
-                                    "worker.bootstrap doctor`); the next start resumes") from None
-            raise DownloadError(f"could not write part {f.part.name} to {self.dir}: {exc.strerror or exc}",
-                                "check the volume (mounted read-write? healthy?)") from None
+        except BaseException as exc:
+            self._cancel.set()  # one part failed for good: stop the others at once
+            if isinstance(exc, OSError):
+                raise self._os_error(f, exc) from None
+            raise
+
+    def _os_error(self, f: PartFile, exc: OSError) -> DownloadError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DownloadError(f"no space left on the volume while writing part {f.part.name}",
+                                 "grow the network volume or remove old envs (see `python -m "
+                                 "worker.bootstrap doctor`); the next start resumes")
+        return DownloadError(f"could not write part {f.part.name} to {self.dir}: {exc.strerror or exc}",
+                             "check the volume (mounted read-write? healthy?)")
 
     def _part_unsafe(self, f: PartFile) -> None:
         if _size(f.final) == f.part.size:
@@ -256,12 +269,12 @@ class Downloads:
 
     def _check(self) -> None:
         if self._cancel.is_set():
-            raise DownloadError("cancelled")
+            raise _Cancelled("cancelled")
         self.check()
 
     def _sleep(self, seconds: float) -> None:
         if self._cancel.wait(seconds):
-            raise DownloadError("cancelled")
+            raise _Cancelled("cancelled")
 
 
 def _size(path: Path) -> int | None:

@@ -9,6 +9,7 @@ either it sees no marker (and installs again, under the same lease) or GC sees i
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -53,7 +54,12 @@ def to_trash(layout: Layout, path: Path) -> None:
         return
     layout.trash.mkdir(parents=True, exist_ok=True)
     aside = layout.trash / f"{path.name}-{secrets.token_hex(4)}"
-    os.rename(path, aside)
+    try:
+        os.rename(path, aside)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:  # a dest_prefix env on another filesystem: delete in place
+            raise
+        aside = path
     shutil.rmtree(aside, ignore_errors=True)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,8 @@ class WhisperX:
         self.batch_size = batch_size
         self.align_dirs = dict(align_dirs)
         self._align: dict[str, AlignModel] = {}
+        # WhisperX's pipeline swaps its tokenizer per call and the models are shared: one call at a time.
+        self._lock = threading.RLock()
         if compute_type == "auto":
             compute_type = "float16" if device == "cuda" else "int8"
         with quiet_stdout("whisperx.load_model"):
@@ -112,13 +115,14 @@ class WhisperX:
         return self._align[language]
 
     def transcribe(self, audio: np.ndarray, language: str | None) -> dict:
-        with quiet_stdout("whisperx.transcribe"):
+        with self._lock, quiet_stdout("whisperx.transcribe"):
             return self.pipeline.transcribe(audio, batch_size=self.batch_size, language=language)
 
     def align(self, segments: list[dict], audio: np.ndarray, language: str) -> dict:
         import whisperx
 
-        model = self.align_model(language)
-        with quiet_stdout("whisperx.align"):
+        with self._lock:
+            model = self.align_model(language)
+        with self._lock, quiet_stdout("whisperx.align"):
             return whisperx.align(segments, model.model, model.metadata, audio, self.device,
                                   return_char_alignments=False)

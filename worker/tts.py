@@ -18,6 +18,7 @@ import logging
 import math
 import random
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -202,6 +203,9 @@ class F5Synth:
         self.cuda_graphs = cuda_graphs and device == "cuda"
         self.bucket = max(1, bucket_frames)
         self.first_chunk_chars = first_chunk_chars
+        # One batch at a time: graph buffers and the DiT's cached text embeddings are shared state. Held
+        # per batch, never across a yield, so concurrent streams interleave batch by batch.
+        self._lock = threading.Lock()
         self._graphs: dict[int, tuple[_StepGraph, dict[str, torch.Tensor]]] = {}
         # Swappable so CPU tests can replay the very same step eagerly (no CUDA to capture on).
         self._graph_factory = _StepGraph
@@ -272,7 +276,7 @@ class F5Synth:
         # Upstream appends a space after a Latin-script reference so the two texts do not fuse.
         joiner_ref = ref_text + " " if _utf8_len(ref_text[-1]) == 1 else ref_text
         for i, batch in enumerate(batches):
-            with torch.inference_mode():
+            with self._lock, torch.inference_mode():
                 wave = self._one_batch(cond, audio.shape[-1] // HOP, joiner_ref, batch, speed, nfe_step,
                                        cfg_strength, sway_sampling_coef)
             if rms < TARGET_RMS:
@@ -399,7 +403,7 @@ class F5Synth:
         """Pre-capture the graphs of every bucket up to max_frames, so no request pays a capture."""
         if not self.cuda_graphs or self.bucket == 1:  # exact lengths: too many to pre-capture
             return
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             for padded in range(self.bucket, max_frames + self.bucket, self.bucket):
                 if padded in self._graphs:
                     continue

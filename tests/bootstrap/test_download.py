@@ -154,3 +154,12 @@ def test_private_without_token_says_what_to_do(tmp_path: Path, server: Server, a
 
 def test_manifest_sha256_of_artifact(artifact: Artifact) -> None:
     assert hashlib.sha256(artifact.data).hexdigest() == artifact.manifest.archive.sha256
+
+
+def test_a_part_failing_for_good_stops_the_others(tmp_path: Path, server: Server) -> None:
+    art = make_env_artifact(server.root, part_size=16_000, big=120_000)
+    server.faults.missing.add(art.manifest.parts[0].name)
+    server.faults.chunk, server.faults.delay_per_chunk = 1000, 0.05  # the others trickle in
+    run = _install(server, tmp_path / "vol", "--parallel", "8")
+    assert run.code == 14 and art.manifest.parts[0].name in run.result["error"]  # the real cause, first
+    assert server.bytes_served < art.manifest.archive.size / 2  # the rest was abandoned, not finished

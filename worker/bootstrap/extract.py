@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .errors import BootstrapError
 
@@ -238,6 +238,7 @@ class Extractor:
         self._files: set[str] = set()
         self._dirs: set[str] = {""}
         self._prefix = str(root) + os.sep
+        self._fwd: _Forward | None = None
         self._hardlinks: list[tuple[str, str]] = []
         self._writers = _Writers()
 
@@ -252,7 +253,8 @@ class Extractor:
         sys.setswitchinterval(min(switch, 0.0002))
         try:
             try:
-                tar = tarfile.open(fileobj=_Forward(pipe), mode="r:")  # type: ignore[arg-type]
+                self._fwd = _Forward(pipe)
+                tar = tarfile.open(fileobj=self._fwd, mode="r:")  # type: ignore[arg-type]
             except tarfile.TarError as exc:
                 raise ExtractError(f"the archive is not a tar stream: {exc}") from None
             try:
@@ -329,7 +331,10 @@ class Extractor:
         # Python checks .pyc files against their source's mtime: keep those; other mtimes do not matter
         # and cost a syscall per file.
         mtime_ns = int(m.mtime * 1e9) if rel.endswith(".py") else None
-        src = tar.extractfile(m)
+        # The stream sits at the member's data: read it in place (tarfile then skips the padding);
+        # an extractfile() object per member costs more than the read itself.
+        fwd = self._fwd
+        src: Any = fwd if fwd is not None and fwd.pos == m.offset_data else tar.extractfile(m)
         assert src is not None
         if m.size <= _SMALL_FILE:
             data = src.read(m.size)

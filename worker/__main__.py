@@ -19,6 +19,7 @@ import sys
 import time
 
 from worker.config import ConfigError, WorkerConfig
+from worker.limits import LimitsError
 
 log = logging.getLogger("worker")
 
@@ -35,13 +36,20 @@ def prepare(config: WorkerConfig, *, warmup: bool = True):
     return engine
 
 
-def serve(engine, config: WorkerConfig) -> None:
-    """Step 5: hand the warm engine to the runpod SDK (which reads its own flags from sys.argv)."""
+def job_setup(engine, config: WorkerConfig) -> dict:
+    """Step 5a: the handler and runpod's start config. Job limits are read from the environment here, so a
+    malformed WORKER_* variable fails startup with one line, not the first job. ``start_config`` (not a bare
+    handler) so a GPU fault under the streaming handler still gets the worker replaced (refresh_worker)."""
+    from worker.handler import start_config
+
+    return start_config(engine, config)
+
+
+def serve(engine, config: WorkerConfig, start: dict | None = None) -> None:
+    """Step 5b: hand the warm engine to the runpod SDK (which reads its own flags from sys.argv)."""
     import runpod
 
-    from worker.handler import make_handler
-
-    runpod.serverless.start({"handler": make_handler(engine, config), "return_aggregate_stream": True})
+    runpod.serverless.start(start if start is not None else job_setup(engine, config))
 
 
 def _configure_logging() -> None:
@@ -57,7 +65,9 @@ def main() -> int:
         config = WorkerConfig.from_env()
         phase = "models"
         engine = prepare(config)
-    except ConfigError as exc:
+        phase = "handler"
+        start = job_setup(engine, config)
+    except (ConfigError, LimitsError) as exc:
         log.error("worker: %s (phase %s); fix the variable and restart", exc, phase)
         return 2
     except Exception as exc:
@@ -69,7 +79,7 @@ def main() -> int:
             return 2
         log.exception("worker: startup failed in phase %s: %s", phase, exc)
         return 1
-    serve(engine, config)
+    serve(engine, config, start)
     return 0
 
 

@@ -180,6 +180,9 @@ def engine_variant(paths: dict, device: str, name: str):
         "engine-upstream-sampler": {"sampler": "upstream"},
         "engine-fast": {},
         "engine-fast-graphs": {"bucket_frames": 64, "cuda_graphs": True},
+        # The production default: lengths rounded up to the bucket (no mask), graphs pre-captured.
+        "engine-fast-graphs-snap": {"bucket_frames": 64, "cuda_graphs": True, "length_snap": True},
+        "engine-fast-graphs-snap32": {"bucket_frames": 32, "cuda_graphs": True, "length_snap": True},
         # One graph per exact length, no attention mask: prices the mask (not for production: a new
         # length pays a capture).
         "engine-fast-graphs-exact": {"bucket_frames": 1, "cuda_graphs": True},

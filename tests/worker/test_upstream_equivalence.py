@@ -218,3 +218,19 @@ def test_reduced_precision_paths_equal_upstream_sampler_in_that_precision(root, 
     assert fast.dtype == np.float32 and np.isfinite(fast).all()
     np.testing.assert_allclose(fast, up, rtol=0, atol=tol * peak)
     np.testing.assert_allclose(graph, up, rtol=0, atol=tol * peak)
+
+
+def test_length_snap_generates_whole_buckets_without_a_mask(root):
+    """F5_LENGTH_SNAP (the CUDA default): each batch's length is rounded up to the bucket, so every frame
+    is generated and no mask is needed; the graph path replays exactly that computation."""
+    ref = _ref(1.0, 0.1, seed=12)
+    plain = np.concatenate(list(_synth(root).synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=6, seed=4)))
+    snap = _synth(root, bucket_frames=64, length_snap=True)
+    eager = np.concatenate(list(snap.synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=6, seed=4)))
+    assert len(plain) <= len(eager) < len(plain) + 64 * tts.HOP
+    snap.cuda_graphs = True
+    snap._graph_factory = _EagerGraph
+    snap.capture_buckets(256)
+    assert all(bufs["mask"] is None for _, bufs in snap._graphs.values())
+    graphed = np.concatenate(list(snap.synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=6, seed=4)))
+    np.testing.assert_allclose(graphed, eager, rtol=0, atol=1e-4 * float(np.abs(eager).max()))

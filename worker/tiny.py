@@ -247,3 +247,23 @@ def tiny_config(cache_dir: Path, **overrides) -> WorkerConfig:
         nltk_data=root / "nltk",
     )
     return dataclasses.replace(cfg, **overrides)
+
+
+def tiny_env(root: Path) -> dict[str, str]:
+    """The worker's environment variables for the tiny models in ``root`` (from ensure_tiny_models), so a
+    plain ``python -m worker`` (as the installer execs it) loads them: WorkerConfig.from_env of this
+    mapping equals tiny_config's model settings. The caller adds WORKER_VOLUME and WORKER_DEVICE."""
+    return {
+        "F5_ARCH": str(root / "f5" / "arch.json"),
+        "F5_CKPT": str(root / "f5" / "model_tiny.safetensors"),
+        "F5_VOCAB": str(root / "f5" / "vocab.txt"),
+        "F5_VOCODER": str(root / "vocos"),
+        "F5_DTYPE": "float32",
+        "WHISPER_MODEL": str(root / "whisper"),
+        "WHISPER_COMPUTE_TYPE": "float32",
+        "WHISPER_BATCH_SIZE": "2",
+        "WHISPER_VAD": "none",
+        "ALIGN_MODELS": f"en={root / 'align-en'}",
+        "DEFAULT_LANGUAGE": "en",
+        "NLTK_DATA": str(root / "nltk"),
+    }

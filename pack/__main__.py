@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
         help="channel root URL that relative lines of the lock resolve against (default: the lock's dir)",
     )
     b.add_argument("--platform", default="linux-64")
+    b.add_argument("--prune", action="append", default=[], metavar="GLOB",
+                   help="remove files matching GLOB (relative to the env root) before packing; repeatable")
+    b.add_argument("--reuse", action="store_true",
+                   help="keep the pack in --out if it has the same env_id and its parts verify")
 
     lk = sub.add_parser("lock", help="regenerate env/ locks from environment.yml (needs conda-forge / PyPI)")
     lk.add_argument("--spec", type=Path, default=Path("environment.yml"))
@@ -78,6 +82,8 @@ def options_from_args(args: argparse.Namespace) -> PackOptions:
         dest_prefix=args.dest_prefix,
         channels=tuple(args.channel),
         platform=args.platform,
+        prune=tuple(args.prune),
+        reuse=args.reuse,
     )
 
 

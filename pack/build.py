@@ -15,7 +15,15 @@ from pathlib import Path
 
 import zstandard
 
-from worker.bootstrap.manifest import MANIFEST_NAME, Archive, Manifest, make_manifest
+from worker.bootstrap.manifest import (
+    MANIFEST_NAME,
+    Archive,
+    Manifest,
+    ManifestError,
+    make_manifest,
+    read_manifest,
+    sha256_file,
+)
 
 from . import example
 from .archive import ZstdSettings, write_archive
@@ -63,6 +71,8 @@ def env_id(platform: str, locks: dict[str, str], options: PackOptions, epoch: in
         "dest_prefix": options.dest_prefix,
         "source_date_epoch": epoch,
     }
+    if options.prune:  # only when used, so env_ids of packs without pruning stay as they were
+        doc["prune"] = sorted(options.prune)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -82,11 +92,17 @@ def build(options: PackOptions) -> BuildResult:
         locks[options.pip_lock.name] = pip_lock_digest(options.pip_lock)
     identity = env_id(platform, locks, options, epoch)
     log.info("build: env_id %s from %s", identity, ", ".join(f"{k}={v[:12]}" for k, v in locks.items()))
+    if options.reuse and (previous := reusable(options, identity)) is not None:
+        log.info("build: reusing %s: same env_id, every part verified (no env created, nothing packed)",
+                 previous.manifest_path)
+        return previous
 
     prefix = options.work / "envs" / options.name
     creator = create_conda_env(conda_lock, prefix, options.work / "pkgs")
     if options.pip_lock is not None:
         pip_install(prefix, options.pip_lock, options.wheelhouse, epoch)
+    if options.prune:
+        prune_env(prefix, options.prune)
 
     collected = collect(load_env(prefix), options.dest_prefix)
     options.out.mkdir(parents=True, exist_ok=True)
@@ -148,6 +164,49 @@ def _absolute(options: PackOptions) -> PackOptions:
     )
 
 
+def prune_env(prefix: Path, patterns: tuple[str, ...]) -> None:
+    """Remove pip-installed (unmanaged) files matching the globs. Files of conda packages are refused:
+    conda-pack rightly treats a conda package with missing files as a broken env."""
+    managed: dict[str, str] = {}
+    for record in (prefix / "conda-meta").glob("*.json"):
+        meta = json.loads(record.read_text())
+        for rel in meta.get("files", []):
+            managed[rel] = f"{meta.get('name')} {meta.get('version')}"
+    for pattern in patterns:
+        hits = [p for p in sorted(prefix.glob(pattern)) if p.is_file() or p.is_symlink()]
+        owned = [f"{p.relative_to(prefix)} ({managed[str(p.relative_to(prefix))]})" for p in hits
+                 if str(p.relative_to(prefix)) in managed]
+        if owned:
+            raise PackError("prune", f"--prune {pattern} matches files of conda packages: {', '.join(owned)}",
+                            "prune only pip-installed files; change the conda package's recipe instead")
+        for path in hits:
+            path.unlink()
+        log.info("build: pruned %d file(s) matching %s", len(hits), pattern)
+
+
+def reusable(options: PackOptions, identity: str) -> BuildResult | None:
+    """The pack already in --out, if it was built from the same inputs and its parts verify."""
+    path = options.out / MANIFEST_NAME
+    try:
+        manifest = read_manifest(path)
+    except ManifestError as exc:
+        log.info("build: no reusable pack in %s (%s)", options.out, exc)
+        return None
+    if manifest.env_id != identity:
+        log.info("build: %s holds env_id %s, not %s: building", path, manifest.env_id[:12], identity[:12])
+        return None
+    if any(p.size != options.part_size for p in manifest.parts[:-1]):
+        log.info("build: %s was split at another part size: building", path)
+        return None
+    for part in manifest.parts:
+        part_path = options.out / part.name
+        intact = part_path.is_file() and part_path.stat().st_size == part.size
+        if not intact or sha256_file(part_path) != part.sha256:
+            log.info("build: part %s is missing or does not verify: building", part.name)
+            return None
+    return BuildResult(path, manifest, options.work / "envs" / options.name)
+
+
 def _remove_previous(out: Path, name: str) -> None:
     # The manifest goes first: parts on disk without a manifest are never mistaken for a finished pack.
     (out / MANIFEST_NAME).unlink(missing_ok=True)
@@ -181,6 +240,7 @@ def _pack_options(options: PackOptions) -> dict[str, object]:
         "long": options.long,
         "part_size": options.part_size,
         "dest_prefix": options.dest_prefix,
+        "prune": list(options.prune),
     }
 
 

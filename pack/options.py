@@ -38,6 +38,11 @@ class PackOptions:
     channels: tuple[str, ...] = field(default_factory=tuple)
     source_date_epoch: int | None = None  # None: $SOURCE_DATE_EPOCH, else fixed from the locks
     platform: str = "linux-64"
+    # Globs relative to the env root, removed after the pip part and before packing (e.g. compiled
+    # extensions that cannot load on the target); part of env_id, recorded in the manifest.
+    prune: tuple[str, ...] = field(default_factory=tuple)
+    # Keep an existing pack in --out when it was built from the same inputs and its parts still verify.
+    reuse: bool = False
 
     def validate(self) -> None:
         """Collect every problem with the options, then raise one PackError."""
@@ -70,5 +75,8 @@ class PackOptions:
             issues.append("--channel may be given once (the root that relative lock URLs resolve against)")
         if self.wheelhouse is not None and self.pip_lock is None:
             issues.append("--wheelhouse needs --pip-lock (the wheelhouse only stands in for the index)")
+        for pattern in self.prune:
+            if not pattern or os.path.isabs(pattern) or ".." in Path(pattern).parts:
+                issues.append(f"--prune takes globs relative to the env root, got {pattern!r}")
         if issues:
             raise PackError("options", "; ".join(issues), "fix the flags and run again")

@@ -167,3 +167,49 @@ def test_env_id_is_an_input_address(packed: Packed, tmp_path: Path) -> None:
     assert base == env_id("linux-64", locks, replace(o, threads=7, part_size=123, out=tmp_path), 0)
     assert base != env_id("linux-64", locks, replace(o, level=19), 0)
     assert base != env_id("linux-64", locks, replace(o, dest_prefix="/x"), 0)
+
+
+def test_reuse_keeps_a_verified_pack_and_rebuilds_a_damaged_one(packed: Packed, tmp_path: Path) -> None:
+    """`--reuse` (what a second `just demo` relies on): same inputs and verified parts -> nothing rebuilt;
+    a part that no longer verifies -> a full build that restores it."""
+    import shutil
+    from dataclasses import replace
+
+    out = tmp_path / "out"
+    shutil.copytree(packed.options.out, out)
+    options = replace(packed.options, out=out, reuse=True)
+    manifest_bytes = (out / "manifest.json").read_bytes()
+    stamp = {p.name: (out / p.name).stat().st_mtime_ns for p in packed.result.manifest.parts}
+    kept = build(options)
+    assert kept.manifest == packed.result.manifest
+    assert {p.name: (out / p.name).stat().st_mtime_ns for p in kept.manifest.parts} == stamp
+
+    first = out / packed.result.manifest.parts[0].name
+    data = bytearray(first.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    first.write_bytes(bytes(data))
+    rebuilt = build(options)
+    assert (out / "manifest.json").read_bytes() == manifest_bytes
+    assert sha256_file(first) == rebuilt.manifest.parts[0].sha256
+
+
+def test_prune_removes_pip_files_and_changes_env_id(packed: Packed, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from packtest_helpers import NAME
+
+    from pack.errors import PackError
+
+    pattern = f"lib/python3.*/site-packages/{NAME}/__init__.py"
+    pruned = build(replace(packed.options, out=tmp_path / "out", prune=(pattern,)))
+    assert pruned.manifest.env_id != packed.result.manifest.env_id
+    assert pruned.manifest.extra["pack_options"]["prune"] == [pattern]
+    before = {m.name for m in _members(_stream(packed.options.out, packed.result.manifest))}
+    after = {m.name for m in _members(_stream(tmp_path / "out", pruned.manifest))}
+    assert sorted(before - after) == [n for n in sorted(before) if n.endswith(f"{NAME}/__init__.py")] != []
+    # Files of conda packages are refused: conda-pack would call the env broken.
+    with pytest.raises(PackError, match=r"matches files of conda packages: share/hello-prefix/greeting\.txt"):
+        build(replace(packed.options, out=tmp_path / "bad", prune=("share/hello-prefix/greeting.txt",)))
+    for bad in ("/etc/*", "../x", ""):
+        with pytest.raises(PackError, match="--prune"):
+            build(replace(packed.options, out=tmp_path / "bad", prune=(bad,)))

@@ -142,9 +142,12 @@ class Transport:
 
 
 def read_chunk(body: Body, size: int = CHUNK) -> bytes:
-    """One read from a body; transport failures become retryable ``FetchError``."""
+    """What has arrived, up to ``size`` (``read1``: never waits to fill the whole chunk, so a slow
+    server still feeds the extractor and a cancelled download stops at once); transport failures
+    become retryable ``FetchError``."""
     try:
-        return body.stream.read(size)
+        read1 = getattr(body.stream, "read1", None)
+        return read1(size) if read1 is not None else body.stream.read(size)
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise _connection_error(body.url, exc) from None
 

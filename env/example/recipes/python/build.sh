@@ -7,18 +7,32 @@ mkdir -p "$PREFIX/bin" "$PREFIX/lib" "$PREFIX/include"
 cp "$src/bin/python$ver" "$PREFIX/bin/python$ver"
 ln -s "python$ver" "$PREFIX/bin/python3"
 ln -s "python$ver" "$PREFIX/bin/python"
-for f in "$src"/lib/libpython"$ver"*.so*; do cp -P "$f" "$PREFIX/lib/"; done
+# libpython and the stdlib where this interpreter keeps them (pyenv, setup-python: <home>/lib).
+libdir=$("$src/bin/python$ver" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
+stdlib=$("$src/bin/python$ver" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
+found=0
+for f in "$libdir"/libpython"$ver"*.so*; do
+  [ -e "$f" ] || continue
+  cp -P "$f" "$PREFIX/lib/"
+  found=1
+done
+if [ "$found" = 0 ]; then
+  echo "python recipe: no libpython$ver*.so in $libdir: this interpreter has no shared libpython" >&2
+  exit 1
+fi
 cp -r "$src/include/python$ver" "$PREFIX/include/"
 # The standard library without test suites, caches, GUI/IDE modules, static libs or third-party packages.
-tar -C "$src/lib" -cf - \
+tar -C "$(dirname "$stdlib")" -cf - \
   --exclude="python$ver/site-packages/*" --exclude="python$ver/test" --exclude="python$ver/*/test" \
   --exclude="python$ver/*/tests" --exclude="python$ver/idlelib" --exclude="python$ver/tkinter" \
   --exclude="python$ver/turtledemo" --exclude="__pycache__" --exclude="*.a" --exclude="*.pyc" \
   --exclude="python$ver/lib-dynload/_tkinter*" --exclude="python$ver/lib-dynload/_test*" \
   "python$ver" | tar -C "$PREFIX/lib" -xf -
-# Relative RUNPATHs so bin/python finds lib/libpython at any install path.
+# Relative RUNPATHs so bin/python finds lib/libpython at any install path ($ORIGIN is literal here).
+# shellcheck disable=SC2016
 patchelf --set-rpath '$ORIGIN/../lib' "$PREFIX/bin/python$ver"
 for so in "$PREFIX/lib/python$ver"/lib-dynload/*.so; do
+  # shellcheck disable=SC2016
   patchelf --set-rpath '$ORIGIN/../..' "$so"
 done
 # pip from the interpreter's bundled wheels (offline). SOURCE_DATE_EPOCH -> hash-based .pyc files.

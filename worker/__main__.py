@@ -58,8 +58,19 @@ def _configure_logging() -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format=fmt)
 
 
+def hold_env() -> None:
+    """Keep the installer's "in use" registration of this env fresh, so GC on the shared volume never
+    removes the env a live worker runs from (the installer passes the file in BOOTSTRAP_IN_USE_FILE)."""
+    from worker.bootstrap.lease import InUse
+
+    in_use = InUse.from_environ()
+    if in_use is not None:
+        in_use.start()
+
+
 def main() -> int:
     _configure_logging()
+    hold_env()
     phase = "config"
     try:
         config = WorkerConfig.from_env()

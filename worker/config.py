@@ -6,7 +6,7 @@ nothing is downloaded) or a Hugging Face repo id pinned by revision, downloaded 
 
 | variable | default | meaning |
 | --- | --- | --- |
-| WORKER_VOLUME | /runpod-volume | network volume; models go under `<volume>/models` |
+| WORKER_VOLUME | $BOOTSTRAP_VOLUME, else /runpod-volume | volume; models go under `<volume>/models` |
 | WORKER_DEVICE | auto | cuda, cpu or auto (cuda when available) |
 | F5_ARCH | F5TTS_v1_Base | f5_tts config name, or a JSON file of DiT arguments |
 | F5_CKPT | hf:SWivid/F5-TTS@<rev>:F5TTS_v1_Base/model_1250000.safetensors | checkpoint file/dir or hf: spec |
@@ -144,7 +144,9 @@ class WorkerConfig:
             )
         nltk = env.get("NLTK_DATA", "").strip()
         return cls(
-            volume=Path(env.get("WORKER_VOLUME", "").strip() or "/runpod-volume"),
+            # The installer exports the volume it really used (maybe the container-disk fallback).
+            volume=Path(env.get("WORKER_VOLUME", "").strip() or env.get("BOOTSTRAP_VOLUME", "").strip()
+                        or "/runpod-volume"),
             device=_choice(env, "WORKER_DEVICE", "auto", ("auto", "cuda", "cpu")),
             f5_arch=env.get("F5_ARCH", "").strip() or "F5TTS_v1_Base",
             f5_ckpt=env.get("F5_CKPT", "").strip() or DEFAULT_F5_CKPT,

@@ -84,7 +84,8 @@ class JobLimits:
         flag = env.get("WORKER_ALLOW_PRIVATE_URLS", "0").strip().lower()
         if flag not in ("", "0", "1", "true", "false", "yes", "no"):
             issues.append(f"WORKER_ALLOW_PRIVATE_URLS={flag!r} must be 0 or 1")
-        base = Path(volume if volume is not None else env.get("WORKER_VOLUME", "").strip() or DEFAULT_VOLUME)
+        base = Path(volume if volume is not None else env.get("WORKER_VOLUME", "").strip()
+                    or env.get("BOOTSTRAP_VOLUME", "").strip() or DEFAULT_VOLUME)
         voices = env.get("WORKER_VOICES_DIR", "").strip()
         limits = cls(
             max_text_chars=int(number("WORKER_MAX_TEXT_CHARS", cls.max_text_chars, int, 1)),

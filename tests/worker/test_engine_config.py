@@ -71,3 +71,16 @@ def test_python_m_worker_stops_on_a_missing_model_before_serving(tmp_path):
     assert proc.returncode == 2
     assert "F5_CKPT=" in proc.stderr and "no such file" in proc.stderr and "phase models" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_volume_follows_the_installer_unless_set():
+    """The installer exports the volume it really used (maybe the container-disk fallback): models and
+    voices go there too, unless WORKER_VOLUME says otherwise."""
+
+    from worker.limits import JobLimits
+
+    assert WorkerConfig.from_env({}).volume == Path("/runpod-volume")
+    assert WorkerConfig.from_env({"BOOTSTRAP_VOLUME": "/var/tmp/vol"}).volume == Path("/var/tmp/vol")
+    env = {"BOOTSTRAP_VOLUME": "/var/tmp/vol", "WORKER_VOLUME": "/data"}
+    assert WorkerConfig.from_env(env).volume == Path("/data")
+    assert JobLimits.from_env({"BOOTSTRAP_VOLUME": "/var/tmp/vol"}).voices_dir == Path("/var/tmp/vol/voices")

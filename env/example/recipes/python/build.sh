@@ -38,5 +38,10 @@ done
 # pip from the interpreter's bundled wheels (offline). SOURCE_DATE_EPOCH -> hash-based .pyc files.
 export SOURCE_DATE_EPOCH=0
 "$PREFIX/bin/python$ver" -s -m ensurepip --default-pip >/dev/null
+# 3.11's ensurepip also installs setuptools. Like conda-forge's python, this package ships pip only: a
+# setuptools here would be clobbered (and the env called broken by conda-pack) by any pip lock naming it.
+"$PREFIX/bin/python$ver" -s -m pip uninstall -q -y setuptools >/dev/null 2>&1 || true
+rm -rf "$PREFIX/lib/python$ver/site-packages/setuptools" "$PREFIX/lib/python$ver/site-packages/pkg_resources" \
+  "$PREFIX/lib/python$ver/site-packages/_distutils_hack" "$PREFIX/lib/python$ver/site-packages/distutils-precedence.pth"
 rm -rf "$PREFIX/lib/python$ver/ensurepip/_bundled"
 "$PREFIX/bin/python$ver" -c 'import sys; assert sys.prefix == sys.argv[1], (sys.prefix, sys.argv[1])' "$PREFIX"

@@ -18,7 +18,7 @@ lock *ARGS:
 
 # The whole chain offline: pack -> serve -> install -> worker -> jobs; last line names the WAV.
 demo *ARGS:
-    python scripts/demo.py {{ ARGS }}
+    python -m devtools.demo {{ ARGS }}
 
 # The worker with tiny generated models on the runpod local API at 127.0.0.1:PORT.
 serve PORT="8000":

@@ -26,14 +26,13 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from devtools.release_server import ReleaseServer  # noqa: E402
 from worker.bootstrap.manifest import Archive, Part, make_manifest  # noqa: E402
 
 SHIM = b"#!/bin/sh\nexit 0\n"
@@ -110,44 +109,9 @@ def tiny_artifact(out: Path) -> None:
     (out / "manifest.json").write_text(manifest.to_json())
 
 
-class _Handler(BaseHTTPRequestHandler):
-    root: Path
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        path = self.root / self.path.lstrip("/")
-        if not path.is_file():
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        size = path.stat().st_size
-        start = 0
-        if rng := self.headers.get("Range"):
-            start = int(rng.split("=")[1].split("-")[0])
-        self.send_response(206 if rng else 200)
-        self.send_header("Content-Length", str(size - start))
-        if rng:
-            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-        self.end_headers()
-        with open(path, "rb") as fh:
-            offset = start
-            try:
-                while offset < size:
-                    offset += os.sendfile(self.connection.fileno(), fh.fileno(), offset, size - offset)
-            except (BrokenPipeError, ConnectionResetError):
-                self.close_connection = True
-
-
-def serve(root: Path) -> tuple[ThreadingHTTPServer, str]:
-    handler = type("H", (_Handler,), {"root": root})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+def serve(root: Path) -> tuple[ReleaseServer, str]:
+    server = ReleaseServer(root).start()
+    return server, server.base_url
 
 
 def _env() -> dict[str, str]:
@@ -235,8 +199,8 @@ def main() -> None:
         warm_big = warm_start(url, big_vol, args.repeat * 2)
         warm_tiny = warm_start(url_tiny, tiny_vol, args.repeat * 2)
     finally:
-        httpd.shutdown()
-        httpd_tiny.shutdown()
+        httpd.close()
+        httpd_tiny.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(f"warm start to exec: big env {warm_big:.3f} s, tiny env {warm_tiny:.3f} s "

@@ -180,16 +180,28 @@ class _Writers:
         self.pool.shutdown(wait=True)
 
 
+# A new file only: never follow a link or reuse a name another member (or an attacker) put there.
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _set_meta(fd: int, mode: int, mtime_ns: int | None) -> None:
+    if mode & ~_UMASK != mode:  # bits the umask dropped at creation
+        os.fchmod(fd, mode)
+    if mtime_ns is not None:
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+
+
 def _write_small(path: str, data: bytes, mode: int, mtime_ns: int | None) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    fd = os.open(path, _CREATE, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if mode & ~_UMASK != mode:
-            os.fchmod(fd, mode)
-        if mtime_ns is not None:
-            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        _write_all(fd, data)
+        _set_meta(fd, mode, mtime_ns)
     finally:
         os.close(fd)
 
@@ -349,21 +361,16 @@ class Extractor:
 
     def _write_large(self, src: BinaryIO, size: int, rel: str, target: str, mode: int,
                      mtime_ns: int | None) -> None:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        fd = os.open(target, _CREATE, mode)
         try:
             remaining = size
             while remaining > 0:
                 chunk = src.read(min(_CHUNK, remaining))
                 if not chunk:
                     raise ExtractError(f"the archive ends inside {rel!r}")
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
+                _write_all(fd, chunk)
                 remaining -= len(chunk)
-            if mode & ~_UMASK != mode:
-                os.fchmod(fd, mode)
-            if mtime_ns is not None:
-                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            _set_meta(fd, mode, mtime_ns)
         finally:
             os.close(fd)
 

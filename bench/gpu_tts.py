@@ -275,7 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--nfe", type=int, nargs="+", default=[32, 16])
     ap.add_argument("--variants", nargs="+", default=["upstream", "engine-upstream-sampler", "engine-fast",
-                                                      "engine-fast-graphs", "engine-fast-graphs-exact"])
+                                                      "engine-fast-graphs", "engine-fast-graphs-snap",
+                                                      "engine-fast-graphs-exact"])
+    ap.add_argument("--warmup", action="store_true",
+                    help="also time the production warm-up (every bucket's graph pre-captured, as "
+                         "Engine.warmup does) and serve texts of several lengths from those graphs")
     ap.add_argument("--no-align", action="store_true")
     args = ap.parse_args(argv)
 
@@ -331,9 +335,53 @@ def main(argv: list[str] | None = None) -> int:
         times = measure_alignment(paths["align"], last_audio, device, args.runs)
         results["alignment"] = {"median_s": statistics.median(times), "times": times,
                                 "audio_s": len(last_audio) / 24000}
+    if args.warmup and device == "cuda":
+        results["warmup"] = measure_warmup(paths, device, ref, args.runs)
     print(markdown(results, args.nfe))
+    if "warmup" in results:
+        print(warmup_markdown(results["warmup"]))
     print(json.dumps(results, default=float))
     return 0
+
+
+WARMUP_TEXTS = {
+    "short": "Hello there, this is short.",
+    "medium": "I don't really care what you call me. I've been a silent spectator, watching species evolve.",
+    "long": GEN_TEXT + " " + GEN_TEXT,
+}
+
+
+def measure_warmup(paths: dict, device: str, ref: np.ndarray, runs: int) -> dict:
+    """The production path: all buckets captured up front (Engine.warmup), then requests of several
+    lengths served without a single new capture."""
+    import torch
+
+    from worker import tts
+
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    synth = engine_variant(paths, device, "engine-fast-graphs-snap")
+    max_frames = int(tts.BATCH_SECONDS * tts.SAMPLE_RATE / tts.HOP) + 1
+    capture_s = timed(lambda: synth.capture_buckets(max_frames), device)
+    graphs = len(synth._graphs)
+    rows = {}
+    for name, text in WARMUP_TEXTS.items():
+        def call(text=text) -> np.ndarray:
+            return np.concatenate(list(synth.synthesize(text, ref, REF_TEXT, nfe_step=32, seed=0)))
+
+        audio = call()
+        times = [timed(call, device) for _ in range(runs)]
+        rows[name] = {"median_s": statistics.median(times), "audio_s": len(audio) / 24000}
+    return {"capture_s": capture_s, "graphs": graphs, "new_graphs_while_serving": len(synth._graphs) - graphs,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "texts": rows}
+
+
+def warmup_markdown(w: dict) -> str:
+    lines = ["", f"Warm-up: {w['graphs']} bucket graphs captured in {w['capture_s']:.2f} s, peak "
+             f"{w['peak_gib']:.2f} GiB; new captures while serving: {w['new_graphs_while_serving']}", "",
+             "| text | audio s | latency s (NFE 32) |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {v['audio_s']:.1f} | {v['median_s']:.3f} |" for k, v in w["texts"].items()]
+    return "\n".join(lines)
 
 
 def markdown(results: dict, nfes: list[int]) -> str:

@@ -226,4 +226,6 @@ def _connection_error(url: str, exc: BaseException) -> FetchError:
     if isinstance(reason, socket.gaierror):
         return FetchError(f"{shown}: cannot resolve host: {reason}", "check the URL and the network",
                           retryable=True)
-    return FetchError(f"{shown}: {type(reason).__name__}: {reason}", "check the network", retryable=True)
+    return FetchError(f"{shown}: {type(reason).__name__}: {reason}",
+                      "check that the URL (MANIFEST_URL; parts sit beside the manifest) is right and its "
+                      "host is reachable from the worker; the next start retries", retryable=True)

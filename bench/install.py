@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from devtools import child_env  # noqa: E402
 from devtools.release_server import ReleaseServer  # noqa: E402
 from worker.bootstrap.manifest import Archive, Part, make_manifest  # noqa: E402
 
@@ -114,18 +114,12 @@ def serve(root: Path) -> tuple[ReleaseServer, str]:
     return server, server.base_url
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "BOOTSTRAP_", "MANIFEST_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
 def run_ours(url: str, volume: Path) -> float:
     volume.mkdir(parents=True)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "worker.bootstrap", "--manifest-url",
                            f"{url}/manifest.json", "--volume", str(volume), "--no-exec"],
-                          capture_output=True, text=True, env=_env())
+                          capture_output=True, text=True, env=child_env())
     took = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"installer failed:\n{proc.stderr[-3000:]}")
@@ -148,11 +142,11 @@ def warm_start(url: str, volume: Path, repeat: int) -> float:
     sha = hashlib.sha256(subprocess.run(["curl", "-sf", f"{url}/manifest.json"], capture_output=True,
                                         check=True).stdout).hexdigest()
     subprocess.run([*args, "--no-exec", "--manifest-sha256", sha], check=True, capture_output=True,
-                   env=_env())
+                   env=child_env())
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        subprocess.run([*args, "--manifest-sha256", sha], check=True, capture_output=True, env=_env())
+        subprocess.run([*args, "--manifest-sha256", sha], check=True, capture_output=True, env=child_env())
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 

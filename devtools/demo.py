@@ -23,7 +23,6 @@ import argparse
 import base64
 import contextlib
 import json
-import os
 import re
 import shutil
 import signal
@@ -39,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devtools import child_env
 from devtools.release_server import ReleaseServer
 from worker.bootstrap.manifest import read_manifest, sha256_file
 
@@ -116,10 +116,7 @@ def _pump(stream, prefix: str) -> None:
 
 
 def base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "BOOTSTRAP_", "MANIFEST_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return child_env() | {"PYTHONUNBUFFERED": "1"}
 
 
 # -- phases -------------------------------------------------------------------------------------------

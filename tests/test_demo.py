@@ -8,20 +8,19 @@ It shares the demo's caches (.cache/demo, .cache/tiny-models) with `just demo`, 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from devtools import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_demo() -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "BOOTSTRAP_", "MANIFEST_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-m", "devtools.demo"], cwd=ROOT, env=env, text=True,
+    return subprocess.run([sys.executable, "-m", "devtools.demo"], cwd=ROOT, env=child_env(), text=True,
                           capture_output=True, timeout=3000)
 
 

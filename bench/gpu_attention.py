@@ -27,6 +27,7 @@ import json
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +105,7 @@ def kernel_fns(tiny: bool):
 
             fns["flex-score-mod"] = flex_score
             fns["flex-block-mask"] = flex_block
-        except Exception as exc:  # noqa: BLE001 - a missing feature is a result, not a crash
+        except Exception as exc:  # a missing feature is a result, not a crash
             print(f"# flex_attention unavailable: {exc}", file=sys.stderr)
     return fns
 
@@ -207,14 +208,16 @@ def bench_kernels(args, device, dtype, fns) -> list[dict]:
         rows = 2 * requests
         lens = torch.tensor(lengths_for(requests, args.valid, padded), device=device, dtype=torch.int32)
         ctx = MaskCtx(lens, padded, device, dtype)
-        attach_block_masks(ctx, rows, device) if device == "cuda" else None
+        if device == "cuda":
+            attach_block_masks(ctx, rows, device)
         q, k, v = (torch.randn(rows, HEADS, padded, HEAD_DIM, device=device, dtype=dtype) for _ in range(3))
         ref = fns["upstream-expanded-bool"](q, k, v, ctx)
         row = {"requests": requests, "rows": rows, "padded": padded}
         if requests == 1:
             n = args.valid
-            row["exact-nomask"] = cuda_time(lambda: fns["nomask"](q[:, :, :n], k[:, :, :n], v[:, :, :n], ctx),
-                                            args.iters, args.repeats, device)
+            qn, kn, vn = q[:, :, :n], k[:, :, :n], v[:, :, :n]
+            row["exact-nomask"] = cuda_time(partial(fns["nomask"], qn, kn, vn, ctx), args.iters, args.repeats,
+                                            device)
         for name, fn in fns.items():
             try:
                 got = fn(q, k, v, ctx)
@@ -222,8 +225,8 @@ def bench_kernels(args, device, dtype, fns) -> list[dict]:
                     valid = ctx.keep[:, None, :, None]
                     err = float(((got - ref).abs() * valid).max())
                     row[f"{name}:maxerr"] = err
-                row[name] = cuda_time(lambda fn=fn: fn(q, k, v, ctx), args.iters, args.repeats, device)
-            except Exception as exc:  # noqa: BLE001
+                row[name] = cuda_time(partial(fn, q, k, v, ctx), args.iters, args.repeats, device)
+            except Exception as exc:
                 row[name] = f"error: {type(exc).__name__}: {str(exc)[:160]}"
         rows_out.append(row)
     return rows_out
@@ -309,7 +312,8 @@ def bench_steps(args, device, dtype, fns) -> dict:
             shapes = [("nomask-padded", args.padded, None)]
             if requests == 1:
                 shapes.insert(0, ("exact-nomask", args.valid, None))
-            lens = torch.tensor(lengths_for(requests, args.valid, args.padded), device=device, dtype=torch.int32)
+            lens = torch.tensor(lengths_for(requests, args.valid, args.padded), device=device,
+                                dtype=torch.int32)
             ctx = MaskCtx(lens, args.padded, device, dtype)
             if device == "cuda":
                 attach_block_masks(ctx, rows, device)
@@ -333,7 +337,7 @@ def bench_steps(args, device, dtype, fns) -> dict:
                         del graph
                     else:
                         row[label] = cuda_time(step, args.step_iters, args.repeats, device)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     row[label] = f"error: {type(exc).__name__}: {str(exc)[:160]}"
                 finally:
                     restore()

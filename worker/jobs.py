@@ -237,8 +237,10 @@ class Jobs:
     def transcribe(self, request: TranscribeRequest) -> dict:
         start = time.perf_counter()
         data = audio.read_source(request.audio, self.policy, "input.audio")
-        clip = audio.decode(data, "input.audio", self.limits.max_transcribe_seconds)
-        samples = audio.to_rate(clip, self.engine.asr_sample_rate)
+        # Resampled while it is decoded: 30 minutes at a high rate never sit in memory at that rate.
+        clip = audio.decode(data, "input.audio", self.limits.max_transcribe_seconds,
+                            rate=self.engine.asr_sample_rate)
+        samples = clip.samples
         timings: dict = {"prep": round(time.perf_counter() - start, 4)}
         asr_start = time.perf_counter()
         want_words = request.timestamps or request.subtitles is not None

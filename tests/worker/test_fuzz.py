@@ -90,10 +90,11 @@ def test_still_serving_after_fuzzing(core: Handler) -> None:
 
 
 # Any code point, lone surrogates and control characters far more often than a uniform draw gives them.
-_odd = st.one_of(st.characters(exclude_categories=()), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
-                 st.characters(max_codepoint=0x1F))
+_odd = st.one_of(st.characters(exclude_categories=()),
+                 st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), st.characters(max_codepoint=0x1F))
 any_text = st.one_of(st.text(_odd, min_size=1, max_size=24),
-                     st.builds(lambda a, odd, b: a + odd + b, st.text(max_size=12), _odd, st.text(max_size=12)))
+                     st.builds(lambda a, odd, b: a + odd + b, st.text(max_size=12), _odd,
+                               st.text(max_size=12)))
 STRING_FIELDS = ("text", "ref_text", "voice", "language", "format", "subtitles", "task")
 
 

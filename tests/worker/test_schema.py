@@ -167,7 +167,8 @@ def test_every_string_field_is_valid_unicode_or_refused_by_name(task: str, value
 def test_a_lone_surrogate_in_text_is_named() -> None:
     found = issues({"text": "Hi \ud800 there.", "ref_audio": "UklGRg==", "ref_text": "ok \udfff"})
     assert found == [
-        "input.text: holds a lone surrogate (U+D800 at character 3), which is not valid Unicode; send UTF-8 text",
+        "input.text: holds a lone surrogate (U+D800 at character 3), which is not valid Unicode; send "
+        "UTF-8 text",
         "input.ref_text: holds a lone surrogate (U+DFFF at character 3), which is not valid Unicode; send "
         "UTF-8 text"]
 

@@ -16,15 +16,19 @@ import pytest
 
 from worker.bootstrap.commit import ready_path
 from worker.bootstrap.layout import Layout
+from worker.bootstrap.lease import InUse
 
 from .conftest import (
     Artifact,
     Server,
     assert_tree_matches,
     bootstrap_env,
+    build_tar,
     make_env_artifact,
     run_bootstrap,
     spawn_bootstrap,
+    tiny_env_files,
+    write_artifact,
 )
 
 
@@ -180,3 +184,70 @@ def test_broken_tree_under_old_marker_is_not_ready(tmp_path: Path, server: Serve
 
 def test_bootstrap_env_is_clean() -> None:
     assert not any(k.startswith("RUNPOD_") for k in bootstrap_env())
+
+
+def _snapshot(vol: Path, env_id: str) -> dict[str, object]:
+    """Everything a worker could see of a committed env: each entry's type, mode and bytes (or link
+    target), and the marker's bytes."""
+    tree = vol / "envs" / env_id
+    seen: dict[str, object] = {"<marker>": (vol / "envs" / f"{env_id}.ready.json").read_bytes()}
+    for root, dirs, files in os.walk(tree):
+        for name in sorted(dirs + files):
+            path = Path(root) / name
+            info = path.lstat()
+            if path.is_symlink():
+                seen[str(path.relative_to(tree))] = ("link", os.readlink(path))
+            elif path.is_file():
+                seen[str(path.relative_to(tree))] = ("file", info.st_mode, path.read_bytes())
+            else:
+                seen[str(path.relative_to(tree))] = ("dir", info.st_mode)
+    return seen
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_a_committed_env_never_changes_under_a_same_env_id_manifest(tmp_path: Path, server: Server,
+                                                                    trial: int) -> None:
+    env_id = f"{trial:02d}" + "e" * 30
+    arts = {}
+    for name, n_files in (("a", 5), ("b", 9)):
+        files = tiny_env_files(n_files=n_files)
+        arts[name] = write_artifact(server.root / name, build_tar(files), part_size=8_000, env_id=env_id,
+                                    files=files)
+    assert arts["a"].manifest.archive.sha256 != arts["b"].manifest.archive.sha256
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    server.faults.chunk, server.faults.delay_per_chunk = 2000, 0.01  # installs overlap
+    order = ["a", "b", "a", "b"]
+    random.Random(trial).shuffle(order)
+    procs = [spawn_bootstrap("--manifest-url", server.manifest_url(f"{n}/"), "--volume", str(vol), "--no-exec")
+             for n in order]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    marker = json.loads((vol / "envs" / f"{env_id}.ready.json").read_text())
+    winner = next(n for n, a in arts.items() if a.manifest.archive.sha256 == marker["archive_sha256"])
+    env_dir = vol / "envs" / env_id
+    assert {r["path"] for r in results} == {str(env_dir)}
+    assert_tree_matches(env_dir, arts[winner].files)
+    assert sum(r["downloaded_bytes"] for r in results) == arts[winner].manifest.archive.size  # one install
+    for name, r in zip(order, results, strict=True):
+        if name != winner:  # used the committed env as it is, and said so
+            assert r["committed_archive_sha256"] == marker["archive_sha256"], r
+            assert r["manifest_archive_sha256"] == arts[name].manifest.archive.sha256
+    # A live worker runs from it; the other manifest comes again: nothing changes, byte for byte.
+    InUse(Layout(vol).in_use_dir(env_id) / "worker.json").touch()
+    before = _snapshot(vol, env_id)
+    loser = "b" if winner == "a" else "a"
+    again = run_bootstrap("--manifest-url", server.manifest_url(f"{loser}/"), "--volume", str(vol), "--no-exec")
+    assert again.code == 0 and again.result["warm"] and again.result["downloaded_bytes"] == 0, again.stderr
+    assert "already committed" in again.stderr and arts[loser].manifest.archive.sha256 in again.stderr
+    assert _snapshot(vol, env_id) == before
+    assert list((vol / "trash").iterdir()) == []
+    # And the env still starts: exec into its interpreter (a shim that reports how it was started).
+    started = run_bootstrap("--manifest-url", server.manifest_url(f"{loser}/"), "--volume", str(vol),
+                            "--failure-handler", "off")
+    shim = json.loads(started.stdout.strip().splitlines()[-1])
+    assert started.code == 0 and shim["env"]["CONDA_PREFIX"] == str(env_dir), started.stderr
+    assert _snapshot(vol, env_id) == before

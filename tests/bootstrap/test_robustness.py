@@ -219,8 +219,8 @@ def test_a_committed_env_never_changes_under_a_same_env_id_manifest(tmp_path: Pa
     server.faults.chunk, server.faults.delay_per_chunk = 2000, 0.01  # installs overlap
     order = ["a", "b", "a", "b"]
     random.Random(trial).shuffle(order)
-    procs = [spawn_bootstrap("--manifest-url", server.manifest_url(f"{n}/"), "--volume", str(vol), "--no-exec")
-             for n in order]
+    procs = [spawn_bootstrap("--manifest-url", server.manifest_url(f"{n}/"), "--volume", str(vol),
+                             "--no-exec") for n in order]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=180)
@@ -240,7 +240,8 @@ def test_a_committed_env_never_changes_under_a_same_env_id_manifest(tmp_path: Pa
     InUse(Layout(vol).in_use_dir(env_id) / "worker.json").touch()
     before = _snapshot(vol, env_id)
     loser = "b" if winner == "a" else "a"
-    again = run_bootstrap("--manifest-url", server.manifest_url(f"{loser}/"), "--volume", str(vol), "--no-exec")
+    again = run_bootstrap("--manifest-url", server.manifest_url(f"{loser}/"), "--volume", str(vol),
+                          "--no-exec")
     assert again.code == 0 and again.result["warm"] and again.result["downloaded_bytes"] == 0, again.stderr
     assert "already committed" in again.stderr and arts[loser].manifest.archive.sha256 in again.stderr
     assert _snapshot(vol, env_id) == before

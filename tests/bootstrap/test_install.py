@@ -127,6 +127,24 @@ def test_unknown_format(tmp_path: Path, server: Server, artifact: Artifact) -> N
     assert "unknown manifest format 2" in run.result["error"]
 
 
+HOSTILE_MANIFESTS = {
+    "nested": "[" * 100_000,
+    "nested-inside": '{"format": 1, "env_id": ' + "[" * 50_000 + "]" * 50_000 + "}",
+    "huge-value": '{"format": 1, "env_id": "' + "x" * 10_000_000 + '"}',
+    "huge-integer": '{"format": 1, "archive": {"size": ' + "9" * 5000 + "}}",
+}
+
+
+@pytest.mark.parametrize("text", HOSTILE_MANIFESTS.values(), ids=HOSTILE_MANIFESTS.keys())
+def test_hostile_manifest_is_phase_manifest(tmp_path: Path, server: Server, artifact: Artifact,
+                                            text: str) -> None:
+    artifact.manifest_path.write_text(text)
+    run = run_bootstrap(*_args(server, tmp_path / "vol"))
+    assert run.code == 11 and run.result["phase"] == "manifest", run.stdout[-500:]
+    assert len(run.stdout) < 4000 and "Traceback" not in run.stderr
+    assert server.part_requests() == []
+
+
 def test_missing_manifest_url(tmp_path: Path) -> None:
     run = run_bootstrap("--volume", str(tmp_path), "--no-exec")
     assert run.code == 11 and "MANIFEST_URL" in run.result["remedy"]

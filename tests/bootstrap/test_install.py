@@ -176,6 +176,24 @@ def test_volume_missing_falls_back_loudly_or_fails(tmp_path: Path, server: Serve
     assert "network volume" in fail.result["remedy"]
 
 
+@pytest.mark.parametrize("kind", ["regular-file", "through-a-file"])
+def test_a_volume_that_is_not_a_directory_is_refused_not_replaced(tmp_path: Path, server: Server,
+                                                                  artifact: Artifact, kind: str) -> None:
+    afile = tmp_path / "volume-file"
+    afile.write_text("not a volume")
+    volume = afile if kind == "regular-file" else afile / "sub"
+    container = tmp_path / "container-disk"
+    run = run_bootstrap("--manifest-url", server.manifest_url(), "--volume", str(volume), "--no-exec",
+                        env=bootstrap_env(BOOTSTRAP_CONTAINER_DIR=str(container),
+                                          BOOTSTRAP_VOLUME_FALLBACK="container"))
+    assert run.code == 13 and run.result["phase"] == "preflight", run.stderr
+    assert str(volume) in run.result["error"] and "IS MISSING" not in run.stderr
+    assert "RUNPOD_VOLUME" in run.result["remedy"]
+    if kind == "regular-file":
+        assert "is not a directory (it is a regular file)" in run.result["error"]
+    assert not container.exists() and afile.read_text() == "not a volume"
+
+
 def test_exec_runs_env_python_activated(tmp_path: Path, server: Server, artifact: Artifact) -> None:
     vol = tmp_path / "vol"
     vol.mkdir()

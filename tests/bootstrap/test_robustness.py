@@ -135,17 +135,18 @@ def _umount(where: Path) -> None:
 
 
 def test_disk_full(tmp_path: Path, server: Server) -> None:
-    """A real small filesystem (tmpfs): preflight refuses up front; a manifest that understates the
-    unpacked size runs into ENOSPC mid-extraction and fails clearly; with room, the next run converges."""
+    """A real small filesystem (tmpfs): a manifest that understates the unpacked size is refused by
+    name as it is extracted (not by filling the disk, which would repeat at every start); preflight
+    refuses an honest one up front, naming the volume for doctor; with room, the next run converges."""
     artifact = make_env_artifact(server.root, part_size=200_000, big=1_500_000, n_files=20,
                                  extra={"unpacked_size": 1000})
     vol = tmp_path / "small"
     _mount_tmpfs(vol, "1700k")
     try:
         run = run_bootstrap(*_args(server, vol))
-        assert run.code in (14, 15), run.stderr
-        assert run.result["phase"] in ("download", "extract")
-        assert "no space left" in run.result["error"] and "grow the network volume" in run.result["remedy"]
+        assert run.code == 15 and run.result["phase"] == "extract", run.stderr
+        assert "more than the 1000 bytes of files its manifest declares (unpacked_size" in run.result["error"]
+        assert "just pack" in run.result["remedy"]
         assert not _check_never_broken(vol, artifact)
         # An honest manifest is refused before a byte is downloaded.
         honest = json.loads(artifact.manifest_path.read_text())
@@ -155,6 +156,7 @@ def test_disk_full(tmp_path: Path, server: Server) -> None:
         run = run_bootstrap(*_args(server, vol))
         assert run.code == 13 and run.result["phase"] == "preflight"
         assert "not enough free space" in run.result["error"]
+        assert f"doctor --volume {vol}`" in run.result["remedy"]  # the volume, not its envs/ directory
         assert server.bytes_served - served == len(artifact.manifest_path.read_bytes())
         # Room again: converges.
         subprocess.run(["mount", "-o", "remount,size=8m", str(vol)] if os.geteuid() == 0 else
@@ -162,6 +164,35 @@ def test_disk_full(tmp_path: Path, server: Server) -> None:
         run = run_bootstrap(*_args(server, vol))
         assert run.code == 0, run.stderr
         assert _check_never_broken(vol, artifact)
+    finally:
+        _umount(vol)
+
+
+def test_disk_full_mid_extraction_and_the_block_per_file_preflight_counts(tmp_path: Path,
+                                                                          server: Server) -> None:
+    """Many tiny files: each takes a block of its own, far more than its bytes. With the manifest's
+    file_count, preflight counts the blocks and refuses up front; without it, extraction runs out of
+    space and says so, with a remedy that holds; with room, the next run converges."""
+    files = {f"lib/f{i:04d}.txt": b"0123456789" for i in range(400)}
+    artifact = write_artifact(server.root, build_tar(files), files=files, file_count=len(files))
+    vol = tmp_path / "small"
+    _mount_tmpfs(vol, "1m")
+    try:
+        run = run_bootstrap(*_args(server, vol))
+        assert run.code == 13 and "not enough free space" in run.result["error"], run.stderr
+        blind = json.loads(artifact.manifest_path.read_text())
+        del blind["file_count"]
+        artifact.manifest_path.write_text(json.dumps(blind))
+        run = run_bootstrap(*_args(server, vol))
+        assert run.code == 15 and run.result["phase"] == "extract", run.stderr
+        assert "no space left on the volume" in run.result["error"]
+        assert "grow the network volume" in run.result["remedy"]
+        assert not list((vol / "envs").glob("*.ready.json")) and list((vol / "trash").iterdir()) == []
+        subprocess.run(["mount", "-o", "remount,size=8m", str(vol)] if os.geteuid() == 0 else
+                       ["sudo", "-n", "mount", "-o", "remount,size=8m", str(vol)], check=True)
+        run = run_bootstrap(*_args(server, vol))
+        assert run.code == 0, run.stderr
+        assert ready_path(Layout(vol), artifact.manifest) is not None
     finally:
         _umount(vol)
 

@@ -270,14 +270,15 @@ def _check_space(config: Config, layout: Layout, manifest: Manifest, env_dir: Pa
     from . import gc
 
     need = preflight.needed_bytes(manifest.archive.size, manifest.unpacked_size,
-                                  preflight.downloaded_bytes(layout.download_dir(manifest.env_id)))
+                                  preflight.downloaded_bytes(layout.download_dir(manifest.env_id)),
+                                  manifest.file_count)
     try:
-        preflight.check_space(env_dir.parent, need)
+        preflight.check_space(env_dir.parent, need, layout.root)
     except BootstrapError:
         removed = gc.collect(layout, config.keep_envs, manifest.env_id, config.lease_ttl_s)
         if not removed:
             raise
-        preflight.check_space(env_dir.parent, need)
+        preflight.check_space(env_dir.parent, need, layout.root)
 
 
 def _extract_verified(layout: Layout, manifest: Manifest, env_dir: Path, downloads: Any, lease: Lease,
@@ -290,7 +291,8 @@ def _extract_verified(layout: Layout, manifest: Manifest, env_dir: Path, downloa
     for round_ in range(1, MAX_EXTRACT_ROUNDS + 1):
         install_id = commit_phase.new_install_id(env_dir)
         stream = ArchiveStream(downloads)
-        extractor = Extractor(env_dir, check=lease.check, keep={INSTALL_ID_FILE})
+        extractor = Extractor(env_dir, check=lease.check, keep={INSTALL_ID_FILE},
+                              max_bytes=manifest.unpacked_size)
         reporter.extractor = extractor
         try:
             with Phase("extract"):

@@ -257,3 +257,58 @@ def test_urls_to_embedded_private_addresses_are_refused_before_connecting(host: 
     strict = FetchPolicy(max_bytes=1000, timeout_s=2.0)
     with pytest.raises(FetchError, match="non-public address"):
         fetch(f"http://{host}/latest/meta-data", strict)
+
+
+@pytest.fixture
+def tls_server(tmp_path, monkeypatch):
+    """An HTTPS server on 127.0.0.1 with a throwaway self-signed certificate the client trusts (through
+    SSL_CERT_FILE, which the default context reads), serving chunked and length-framed bodies."""
+    import shutil
+    import ssl
+    import subprocess
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl CLI to make a test certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    body = bytes(range(256)) * 400
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/wav")
+            if self.path == "/chunked.wav":
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i in range(0, len(body), 7000):
+                    piece = body[i:i + 7000]
+                    self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
+            else:
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{httpd.server_address[1]}", body
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_https_bodies_arrive_whole_through_the_bounded_socket(tls_server) -> None:
+    base, body = tls_server
+    assert fetch(base + "/plain.wav", POLICY) == body
+    assert fetch(base + "/chunked.wav", POLICY) == body

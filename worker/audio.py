@@ -61,6 +61,8 @@ MAX_RATIO_TERM = 1024
 _DECODE_BLOCK_SAMPLES = 1 << 18
 # Slack on the declared length: MP3 frame counts are estimates.
 _DECLARED_SLACK = 1.05
+# No audio file is smaller: an MP3 frame header and side info, an OGG page header, FLAC's STREAMINFO.
+_MIN_AUDIO_BYTES = 24
 _NOT_A_PATH = ("local paths and non-http(s) URLs are not accepted; send base64 audio or an http(s) URL "
                "(files on the volume: use a preset with input.voice)")
 # libsndfile's Vorbis and MP3 encoders are fed in blocks: one giant write has crashed some versions.
@@ -106,6 +108,9 @@ def read_source(value: str, policy: FetchPolicy, field: str) -> bytes:
         raise AudioError(f"{field}: neither an http(s) URL nor valid base64 ({err})") from err
     if not data:
         raise AudioError(f"{field}: the base64 data is empty")
+    if len(data) < _MIN_AUDIO_BYTES and not match and _looks_like_a_location(text):
+        # "/tmp/abcd" happens to be valid base64, of 6 bytes no audio file can fit in: a path was meant.
+        raise AudioError(f"{field}: {_NOT_A_PATH}")
     return data
 
 

@@ -23,8 +23,10 @@ refused with the list of accepted ones.
     No other field. Output: ``voices`` [{name, ref_text, duration, sample_rate}].
 
 Errors: a bad input yields ``{"error": "input.<field>: why"}`` (all issues, ``; ``-joined) and the worker
-keeps serving; a CUDA error or out-of-memory yields ``{"error": ..., "refresh_worker": true}`` and asks
-runpod to restart the worker after the job.
+keeps serving; a job past WORKER_JOB_TIMEOUT_S yields ``{"error": "job: ran past its deadline ..."}``; an
+answer that cannot fit the response limit (a WAV: known before synthesis) ``{"error": "output: ..."}``;
+a CUDA error or out-of-memory yields ``{"error": ..., "refresh_worker": true}`` and asks runpod to
+restart the worker after the job.
 
 Two handler shapes, because runpod fixes streaming per handler, not per job (``inspect.
 isgeneratorfunction``): ``make_streaming_handler`` is a generator (needed for ``stream: true``; runpod

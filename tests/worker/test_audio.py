@@ -42,7 +42,8 @@ def test_base64_and_data_uri(wav: bytes) -> None:
 
 
 @pytest.mark.parametrize("value", ["/etc/passwd", "file:///etc/passwd", "./voice.wav", "~/a.wav",
-                                   "ftp://example.org/a.wav", "s3://bucket/a.wav"])
+                                   "ftp://example.org/a.wav", "s3://bucket/a.wav",
+                                   "/tmp/abcd", "/runpod-volume/voices/a"])  # the last two: valid base64
 def test_local_paths_and_other_schemes_are_refused(value: str) -> None:
     with pytest.raises(AudioError, match=r"input\.ref_audio: local paths and non-http\(s\) URLs"):
         audio.read_source(value, OPEN, "input.ref_audio")

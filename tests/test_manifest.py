@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.bootstrap.manifest import (
     GITHUB_ASSET_LIMIT,
@@ -104,3 +106,34 @@ def test_round_trip_is_canonical_and_stable():
 def test_prefixes_must_be_absolute():
     with pytest.raises(ManifestError, match="dest_prefix must be an absolute path"):
         parse_manifest(doc(dest_prefix="relative/path"))
+
+
+# Hostile text: deep nesting anywhere, huge values, many issues. Every one is a ManifestError with a
+# short message, never a RecursionError or a message that quotes megabytes back.
+def _nest(depth: int, kind: str, inner: str = "1") -> str:
+    opening, closing = {"list": ("[", "]"), "dict": ('{"k":', "}")}[kind]
+    return opening * depth + inner + closing * depth
+
+
+hostile = st.one_of(
+    st.builds(lambda d, k: _nest(d, k), st.integers(900, 200_000), st.sampled_from(["list", "dict"])),
+    st.builds(lambda d: "[" * d, st.integers(1, 200_000)),  # unterminated
+    st.builds(lambda d, k: doc(env_id="PLACEHOLDER").replace('"PLACEHOLDER"', _nest(d, k)),
+              st.integers(900, 100_000), st.sampled_from(["list", "dict"])),
+    st.builds(lambda n: doc(env_id="x" * n), st.integers(1000, 2_000_000)),
+    st.builds(lambda n: doc(parts=[{"name": "/bad", "size": -1}] * n), st.integers(30, 5000)),
+    st.builds(lambda n: '{"format": 1, "archive": {"size": ' + "9" * n + "}}", st.integers(4301, 20_000)),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(text=hostile)
+def test_hostile_manifest_text_is_a_short_manifest_error(text: str) -> None:
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(text)
+    assert len(str(caught.value)) < 3000
+
+
+def test_a_deeply_nested_manifest_says_so() -> None:
+    with pytest.raises(ManifestError, match="nests deeper than the parser can follow"):
+        parse_manifest("[" * 100_000 + "]" * 100_000)

@@ -8,7 +8,19 @@ presets (``worker.voices``).
 Resampling is polyphase filtering (``scipy.signal.resample_poly``) with the exact rational ratio
 (e.g. 44100 -> 24000 is up 80, down 147) and a Kaiser-windowed sinc low-pass (beta 8.0: stopband about
 -80 dB, cut at the lower Nyquist), the standard band-limited method; it has no FFT wrap-around at the
-edges and costs O(n * taps / down).
+edges and costs O(n * taps / down). The filter has ``20 * max(up, down) + 1`` taps, so an odd rate
+(44101 Hz: up 24000, down 44101) would need a filter of ~900k taps, and a header claiming 4 MHz one of
+80 M: a ratio whose terms pass ``MAX_RATIO_TERM`` is replaced by the nearest ratio within it (the
+closest fraction, off by less than 0.02 %: an inaudible change of speed), so the filter stays small.
+
+What decoding may cost is settled from the header before a sample is decoded: the sample rate
+(``MIN_SAMPLE_RATE``..``MAX_SAMPLE_RATE``), the channels (``MAX_CHANNELS``) and the declared length
+(the job's duration limit, 5 % slack for MP3's estimate) must be in range, and soundfile never reads
+more frames than the header declares. Decoding then goes block by block, each block mixed down to mono
+(and, with ``rate``, resampled on the fly), so memory is the mono result, not frames x channels.
+
+Base64 is told from anything else by what it is: the base64 alphabet with its padding (MP3 frames
+start with ``0xFF 0xFB``, whose base64 starts with ``//``, so a leading ``/`` proves nothing).
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from math import gcd
 
 import numpy as np
@@ -37,6 +50,21 @@ _ENCODINGS = {  # job format -> (libsndfile container, subtype)
 MIME = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "mp3": "audio/mpeg"}
 _DATA_URI = re.compile(r"data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 _KAISER_BETA = 8.0
+# Header values decoding accepts (a header is what an attacker writes first).
+MIN_SAMPLE_RATE = 4_000
+MAX_SAMPLE_RATE = 384_000
+MAX_CHANNELS = 8
+# The largest up/down term of a resampling ratio; 11025 -> 16000 (640/441) is the largest of the
+# common rates. Filter taps: 20 * term + 1.
+MAX_RATIO_TERM = 1024
+# Samples decoded per block (all channels together): 1 MB of float32.
+_DECODE_BLOCK_SAMPLES = 1 << 18
+# Slack on the declared length: MP3 frame counts are estimates.
+_DECLARED_SLACK = 1.05
+# No audio file is smaller: an MP3 frame header and side info, an OGG page header, FLAC's STREAMINFO.
+_MIN_AUDIO_BYTES = 24
+_NOT_A_PATH = ("local paths and non-http(s) URLs are not accepted; send base64 audio or an http(s) URL "
+               "(files on the volume: use a preset with input.voice)")
 # libsndfile's Vorbis and MP3 encoders are fed in blocks: one giant write has crashed some versions.
 _WRITE_BLOCK = 1 << 16
 
@@ -63,10 +91,6 @@ def read_source(value: str, policy: FetchPolicy, field: str) -> bytes:
             return fetch(text, policy, field)
         except FetchError as err:
             raise AudioError(str(err)) from err
-    lowered = text[:16].lower()
-    if lowered.startswith(("file:", "/", "./", "../", "~")) or re.match(r"[a-z][a-z0-9+.-]*://", lowered):
-        raise AudioError(f"{field}: local paths and non-http(s) URLs are not accepted; send base64 audio "
-                         "or an http(s) URL (files on the volume: use a preset with input.voice)")
     match = _DATA_URI.match(text)
     if match:
         text = text[match.end():]
@@ -74,40 +98,81 @@ def read_source(value: str, policy: FetchPolicy, field: str) -> bytes:
         raise AudioError(f"{field}: the audio is about {len(text) * 3 // 4} bytes; the limit is "
                          f"{policy.max_bytes}")
     try:
+        # validate=True: only the base64 alphabet and correct padding (whitespace removed first,
+        # as line-wrapped base64 has it). A path or another URL scheme fails here on its '.', ':',
+        # '~' or length, whatever its first character.
         data = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as err:
+        if not match and _looks_like_a_location(text):
+            raise AudioError(f"{field}: {_NOT_A_PATH}") from err
         raise AudioError(f"{field}: neither an http(s) URL nor valid base64 ({err})") from err
     if not data:
         raise AudioError(f"{field}: the base64 data is empty")
+    if len(data) < _MIN_AUDIO_BYTES and not match and _looks_like_a_location(text):
+        # "/tmp/abcd" happens to be valid base64, of 6 bytes no audio file can fit in: a path was meant.
+        raise AudioError(f"{field}: {_NOT_A_PATH}")
     return data
 
 
-def decode(data: bytes, field: str, max_seconds: float) -> Clip:
-    """Decode WAV/FLAC/OGG/MP3 bytes to mono float32, refusing audio longer than ``max_seconds``."""
+def _looks_like_a_location(text: str) -> bool:
+    """Only for the message of a value that is not base64: was a path or another URL meant?"""
+    head = text[:16].lower()
+    return head.startswith(("file:", "/", "./", "../", "~")) or bool(re.match(r"[a-z][a-z0-9+.-]*:", head))
+
+
+def decode(data: bytes, field: str, max_seconds: float, rate: int | None = None) -> Clip:
+    """Decode WAV/FLAC/OGG/MP3 bytes to mono float32, refusing audio longer than ``max_seconds``.
+
+    With ``rate``, the clip comes back at that rate, resampled block by block as it is decoded (a long
+    recording at a high rate never sits in memory at its own rate). Header values are checked first.
+    """
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as sound:
-            rate = sound.samplerate
-            frames = sound.frames
-            if rate <= 0:
-                raise AudioError(f"{field}: the audio has no sample rate")
-            # MP3 frame counts are estimates; the check after decoding is the exact one.
-            if frames > 0 and frames / rate > max_seconds * 1.05:
-                raise AudioError(f"{field}: the audio is {frames / rate:.1f} s long; the limit is "
-                                 f"{max_seconds:g} s")
-            samples = sound.read(dtype="float32", always_2d=True)
+            source_rate = _check_header(sound, field, max_seconds)
+            mono = _read_mono(sound, source_rate, rate, field)
     except AudioError:
         raise
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         raise AudioError(f"{field}: not readable audio (wav, flac, ogg or mp3 expected): {err}") from err
-    mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
+    out_rate = rate or source_rate
     if mono.size == 0:
         raise AudioError(f"{field}: the audio has no samples")
-    if not np.all(np.isfinite(mono)):
-        raise AudioError(f"{field}: the audio holds NaN or infinite samples")
-    if mono.size / rate > max_seconds:
-        raise AudioError(f"{field}: the audio is {mono.size / rate:.1f} s long; the limit is "
+    if mono.size / out_rate > max_seconds:
+        raise AudioError(f"{field}: the audio is {mono.size / out_rate:.1f} s long; the limit is "
                          f"{max_seconds:g} s")
-    return Clip(np.ascontiguousarray(np.clip(mono, -1.0, 1.0), dtype=np.float32), int(rate))
+    return Clip(np.ascontiguousarray(np.clip(mono, -1.0, 1.0), dtype=np.float32), int(out_rate))
+
+
+def _check_header(sound: soundfile.SoundFile, field: str, max_seconds: float) -> int:
+    """What decoding will cost, from the header, before any of it: refuse what is out of range."""
+    rate, channels, frames = int(sound.samplerate), int(sound.channels), int(sound.frames)
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{field}: the header says {rate} Hz; accepted sample rates are "
+                         f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(f"{field}: the header says {channels} channels; at most {MAX_CHANNELS} are "
+                         "accepted (mix it down to mono or stereo)")
+    if frames / rate > max_seconds * _DECLARED_SLACK:
+        raise AudioError(f"{field}: the audio is {frames / rate:.1f} s long; the limit is "
+                         f"{max_seconds:g} s")
+    return rate
+
+
+def _read_mono(sound: soundfile.SoundFile, source_rate: int, rate: int | None, field: str) -> np.ndarray:
+    block = max(1, _DECODE_BLOCK_SAMPLES // sound.channels)
+    resampler = StreamResampler(source_rate, rate) if rate and rate != source_rate else None
+    pieces: list[np.ndarray] = []
+    while True:
+        samples = sound.read(block, dtype="float32", always_2d=True)
+        if not len(samples):
+            break
+        mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0].copy()
+        if not np.all(np.isfinite(mono)):
+            raise AudioError(f"{field}: the audio holds NaN or infinite samples")
+        pieces.append(resampler.push(mono) if resampler is not None else mono)
+    if resampler is not None:
+        pieces.append(resampler.push(np.zeros(0, np.float32), last=True))
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
 
 
 def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
@@ -120,8 +185,16 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndar
 
 
 def _ratio(source_rate: int, target_rate: int) -> tuple[int, int]:
+    """(up, down) for ``target/source``: exact when its terms are small, else the closest fraction
+    whose terms stay within MAX_RATIO_TERM (the filter's size grows with them)."""
     common = gcd(int(source_rate), int(target_rate))
-    return int(target_rate) // common, int(source_rate) // common
+    up, down = int(target_rate) // common, int(source_rate) // common
+    if max(up, down) <= MAX_RATIO_TERM:
+        return up, down
+    # limit_denominator bounds down; scale its bound so that up (~ down * ratio) stays in range too.
+    wanted = Fraction(int(target_rate), int(source_rate))
+    near = wanted.limit_denominator(max(1, int(MAX_RATIO_TERM / max(1.0, float(wanted)))))
+    return max(1, near.numerator), near.denominator
 
 
 class StreamResampler:

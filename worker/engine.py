@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +62,8 @@ class SynthesisParams:
     # Streams: a short first batch (at most this many UTF-8 bytes of text) so audio starts sooner; the
     # rest is batched as usual. None: the worker's F5_FIRST_CHUNK_CHARS (default 0: upstream batching).
     first_chunk_chars: int | None = None
+    # Called before each batch and each ODE step; what it raises stops the synthesis (a job's deadline).
+    check: Callable[[], None] | None = None
 
 
 def pick_device(name: str) -> str:
@@ -177,20 +179,39 @@ class Engine:
         audio batch by batch as it is consumed."""
         from worker.tts import TTSError
 
-        ref = _check_audio(ref_audio, "ref_audio")
-        if params.nfe_step < 1:
-            raise EngineError(f"nfe_step: {params.nfe_step} must be >= 1")
-        if not params.speed > 0:
-            raise EngineError(f"speed: {params.speed} must be > 0")
+        ref = self._check_params(ref_audio, params)
         try:
             return self.tts.synthesize(
                 text, ref, ref_text, speed=params.speed, nfe_step=params.nfe_step,
                 cfg_strength=params.cfg_strength, sway_sampling_coef=params.sway_sampling_coef,
                 seed=params.seed, cross_fade_s=params.cross_fade_s,
-                first_chunk_chars=params.first_chunk_chars,
+                first_chunk_chars=params.first_chunk_chars, check=params.check,
             )
         except TTSError as exc:
             raise EngineError(str(exc).removeprefix("tts: ")) from exc
+
+    def planned_seconds(self, text: str, ref_audio: np.ndarray, ref_text: str,
+                        params: SynthesisParams) -> float:
+        """How long the audio of ``synthesize`` with these inputs will be at least, before making it
+        (EngineError naming the field for inputs it would refuse)."""
+        from worker.tts import TTSError
+
+        ref = self._check_params(ref_audio, params)
+        try:
+            prepared = self.tts.prepare(text, ref, ref_text, speed=params.speed, seed=params.seed or 0,
+                                        first_chunk_chars=params.first_chunk_chars)
+        except TTSError as exc:
+            raise EngineError(str(exc).removeprefix("tts: ")) from exc
+        return self.tts.planned_seconds(prepared, params.speed, params.cross_fade_s)
+
+    @staticmethod
+    def _check_params(ref_audio: np.ndarray, params: SynthesisParams) -> np.ndarray:
+        ref = _check_audio(ref_audio, "ref_audio")
+        if params.nfe_step < 1:
+            raise EngineError(f"nfe_step: {params.nfe_step} must be >= 1")
+        if not params.speed > 0:
+            raise EngineError(f"speed: {params.speed} must be > 0")
+        return ref
 
     def transcribe(self, audio: np.ndarray, language: str | None = None,
                    word_timestamps: bool = True) -> Transcript:

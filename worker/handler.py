@@ -23,8 +23,10 @@ refused with the list of accepted ones.
     No other field. Output: ``voices`` [{name, ref_text, duration, sample_rate}].
 
 Errors: a bad input yields ``{"error": "input.<field>: why"}`` (all issues, ``; ``-joined) and the worker
-keeps serving; a CUDA error or out-of-memory yields ``{"error": ..., "refresh_worker": true}`` and asks
-runpod to restart the worker after the job.
+keeps serving; a job past WORKER_JOB_TIMEOUT_S yields ``{"error": "job: ran past its deadline ..."}``; an
+answer that cannot fit the response limit (a WAV: known before synthesis) ``{"error": "output: ..."}``;
+a CUDA error or out-of-memory yields ``{"error": ..., "refresh_worker": true}`` and asks runpod to
+restart the worker after the job.
 
 Two handler shapes, because runpod fixes streaming per handler, not per job (``inspect.
 isgeneratorfunction``): ``make_streaming_handler`` is a generator (needed for ``stream: true``; runpod
@@ -45,7 +47,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from worker.audio import MIME, AudioError, b64
-from worker.jobs import Jobs
+from worker.jobs import DeliveryError, JobDeadline, Jobs, JobTimeout, too_large
 from worker.limits import JobLimits
 from worker.schema import (
     JobInputError,
@@ -65,10 +67,6 @@ _FATAL_MARKERS = ("CUDA error", "CUDA out of memory", "CUBLAS_STATUS", "CUDNN_ST
                   "device-side assert", "NCCL error", "illegal memory access")
 
 
-class DeliveryError(ValueError):
-    """The output is too large to return and no bucket is configured; the message names the limit."""
-
-
 def is_fatal(err: BaseException) -> bool:
     """A CUDA fault or OOM: the process's GPU state is suspect, so the worker should be replaced."""
     torch = sys.modules.get("torch")
@@ -79,7 +77,8 @@ def is_fatal(err: BaseException) -> bool:
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [JobInputError, AudioError, VoiceError, FetchError, DeliveryError]
+    errors: list[type[BaseException]] = [JobInputError, AudioError, VoiceError, FetchError, DeliveryError,
+                                         JobTimeout]
     engine = sys.modules.get("worker.engine")
     if engine is not None and hasattr(engine, "EngineError"):
         errors.append(engine.EngineError)
@@ -113,8 +112,9 @@ class Handler:
         """One whole output as a dict (no streaming), never raising."""
         job_id = str(job.get("id", "?")) if isinstance(job, dict) else "?"
         try:
+            deadline = JobDeadline(self.limits.job_timeout_s)
             request = parse_job(job.get("input") if isinstance(job, dict) else None, self.limits)
-            return self._dispatch(request, job_id, limit or self.limits.max_response_bytes)
+            return self._dispatch(request, job_id, limit or self.limits.max_response_bytes, deadline)
         except Exception as err:  # the handler is the boundary: nothing escapes to runpod
             return self._failure(err, job_id)
 
@@ -122,25 +122,28 @@ class Handler:
         """The generator shape: streamed items for ``stream: true``, else the one whole output."""
         job_id = str(job.get("id", "?")) if isinstance(job, dict) else "?"
         try:
+            deadline = JobDeadline(self.limits.job_timeout_s)
             request = parse_job(job.get("input") if isinstance(job, dict) else None, self.limits)
             if isinstance(request, TtsRequest) and request.stream:
                 item: dict = {}
-                for item in self.jobs.tts_stream(request):
+                for item in self.jobs.tts_stream(request, deadline):
                     yield item
                 _log_done(job_id, "tts (streamed)", item)
                 return
-            output = self._dispatch(request, job_id, self.limits.stream_chunk_bytes)
+            output = self._dispatch(request, job_id, self.limits.stream_chunk_bytes, deadline)
         except Exception as err:
             output = self._failure(err, job_id)
         yield output
 
-    def _dispatch(self, request: Any, job_id: str, limit: int) -> dict:
+    def _dispatch(self, request: Any, job_id: str, limit: int, deadline: JobDeadline) -> dict:
         if isinstance(request, VoicesRequest):
             return self.jobs.list_voices()
         if isinstance(request, TranscribeRequest):
-            output = _within(self.jobs.transcribe(request), limit)
+            output = _within(self.jobs.transcribe(request, deadline), limit)
         else:
-            tts, encoded = self.jobs.tts(request)
+            # Without a bucket the answer must fit the limit: refused before synthesis when it cannot.
+            tts, encoded = self.jobs.tts(request, deadline,
+                                         None if self.limits.s3_configured else limit)
             output = self._deliver(tts, encoded, request.format, job_id, limit)
         _log_done(job_id, request.task, output)
         return output
@@ -151,10 +154,7 @@ class Handler:
         if size <= limit:
             return {"audio": text, **output}
         if not self.limits.s3_configured:
-            raise DeliveryError(
-                f"output: the response would be {size} bytes, over the limit of {limit} bytes; configure an "
-                "S3 bucket (BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY), ask for "
-                "format mp3 or ogg, send shorter text, or use stream: true")
+            raise too_large(size, limit)
         from runpod.serverless.utils import rp_upload  # imported late: it configures logging on import
 
         url = rp_upload.upload_in_memory_object(

@@ -2,6 +2,11 @@
 
 Everything here takes a validated request (``worker.schema``) and returns plain JSON-ready dicts;
 turning failures into ``{"error": ...}`` and sizing the response is ``worker.handler``'s job.
+
+Two bounds hold before and during the work: a job's deadline (``JobDeadline``, WORKER_JOB_TIMEOUT_S),
+checked between stages and, inside synthesis, before every batch and ODE step; and, for a WAV answer
+whose size is known from its length, the response limit, checked against the planned length before
+any synthesis (a job that cannot be delivered is refused in milliseconds, not after minutes of work).
 """
 
 from __future__ import annotations
@@ -25,6 +30,45 @@ from worker.urlfetch import FetchPolicy
 from worker.voices import VoiceLibrary
 
 log = logging.getLogger(__name__)
+
+# WAV: a 44-byte header, then 16-bit samples (the JSON around the audio is left out: a lower bound).
+_WAV_HEADER = 44
+
+
+class JobTimeout(ValueError):
+    """The job ran past WORKER_JOB_TIMEOUT_S; the message names the variable and the stage."""
+
+
+class DeliveryError(ValueError):
+    """The output is too large to return and no bucket is configured; the message names the limit."""
+
+
+def too_large(size: int, limit: int, what: str = "") -> DeliveryError:
+    return DeliveryError(
+        f"output: the response would be {size} bytes{what}, over the limit of {limit} bytes; configure an S3 "
+        "bucket (BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY), ask for format mp3 "
+        "or ogg, send shorter text, or use stream: true")
+
+
+class JobDeadline:
+    """One job's deadline; ``check`` raises ``JobTimeout`` once it has passed, naming the stage."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self.stage = "starting"
+
+    def check(self, stage: str | None = None) -> None:
+        if stage is not None:
+            self.stage = stage
+        if time.monotonic() > self.end:
+            raise JobTimeout(
+                f"job: ran past its deadline of {self.seconds:g} s (WORKER_JOB_TIMEOUT_S) while "
+                f"{self.stage}; send shorter text, a lower nfe_step or a shorter reference, or raise "
+                "WORKER_JOB_TIMEOUT_S")
+
+    def in_synthesis(self) -> None:
+        self.check("synthesizing")
 
 
 @dataclass(frozen=True)
@@ -110,7 +154,8 @@ class Jobs:
         return {"voices": self.voices.describe()}
 
     # ---------------------------------------------------------------- reference
-    def _reference(self, request: TtsRequest) -> _Reference:
+    def _reference(self, request: TtsRequest, deadline: JobDeadline) -> _Reference:
+        deadline.check("fetching the reference")
         if request.voice is not None:
             voice = self.voices.get(request.voice)
             data = voice.audio_path.read_bytes()
@@ -118,10 +163,12 @@ class Jobs:
         else:
             data = audio.read_source(request.ref_audio or "", self.policy, "input.ref_audio")
             field, given_text = "input.ref_audio", request.ref_text
+        deadline.check("decoding the reference")
         clip = audio.decode(data, field, self.limits.max_ref_seconds)
         samples = audio.to_rate(clip, self.engine.sample_rate)
         if given_text:
             return _Reference(samples, given_text.strip())
+        deadline.check("transcribing the reference")
         transcript = self._transcribe_reference(data, clip, request.language)
         if not transcript.text.strip():
             raise audio.AudioError(f"{field}: no speech was recognised in the reference audio; send its "
@@ -150,12 +197,25 @@ class Jobs:
                                      "knows (ISO 639-1 codes such as en, de, zh)"]) from err
             raise
 
-    def _params(self, request: TtsRequest) -> Any:
+    def _params(self, request: TtsRequest, deadline: JobDeadline) -> Any:
         from worker.engine import SynthesisParams
 
         return SynthesisParams(speed=request.speed, nfe_step=request.nfe_step,
                                cfg_strength=request.cfg_strength,
-                               sway_sampling_coef=request.sway_sampling_coef, seed=request.seed)
+                               sway_sampling_coef=request.sway_sampling_coef, seed=request.seed,
+                               check=deadline.in_synthesis)
+
+    def _check_size(self, request: TtsRequest, ref: _Reference, params: Any, limit: int) -> None:
+        """Refuse before synthesis a WAV answer whose planned length already passes ``limit``."""
+        if request.format != "wav":
+            return  # compressed sizes depend on the audio: checked once it is encoded
+        seconds = self.engine.planned_seconds(request.text, ref.samples, ref.ref_text, params)
+        rate = request.sample_rate or self.engine.sample_rate
+        wav = _WAV_HEADER + 2 * int(seconds * rate)
+        size = 4 * math.ceil(wav / 3)
+        if size > limit:
+            raise too_large(size, limit, f" at least (the text makes {seconds:.0f} s or more of {rate} Hz "
+                                         "WAV; refused before synthesis)")
 
     def _words(self, request: TtsRequest, samples: np.ndarray) -> list[dict]:
         # The language of the text, not the one detected in the reference: cloning across languages
@@ -164,8 +224,10 @@ class Jobs:
         language = request.language or self.default_language
         return words_json(self.engine.align(asr_audio, request.text, language))
 
-    def _annotate(self, request: TtsRequest, out: dict, samples: np.ndarray, timings: dict) -> None:
+    def _annotate(self, request: TtsRequest, out: dict, samples: np.ndarray, timings: dict,
+                  deadline: JobDeadline) -> None:
         if request.timestamps or request.subtitles:
+            deadline.check("aligning the words")
             started = time.perf_counter()
             words = self._words(request, samples)
             timings["align"] = round(time.perf_counter() - started, 4)
@@ -178,28 +240,36 @@ class Jobs:
             timings["align"] = 0.0
 
     # ---------------------------------------------------------------- tts
-    def tts(self, request: TtsRequest) -> tuple[dict, bytes]:
-        """The whole output and its encoded audio (the handler decides inline vs. upload)."""
+    def tts(self, request: TtsRequest, deadline: JobDeadline | None = None,
+            max_response_bytes: int | None = None) -> tuple[dict, bytes]:
+        """The whole output and its encoded audio (the handler decides inline vs. upload). With
+        ``max_response_bytes`` (no bucket to upload to), an answer that cannot fit is refused first."""
+        deadline = deadline or JobDeadline(self.limits.job_timeout_s)
         start = time.perf_counter()
-        ref = self._reference(request)
+        ref = self._reference(request, deadline)
+        params = self._params(request, deadline)
+        if max_response_bytes is not None:
+            self._check_size(request, ref, params, max_response_bytes)
         timings: dict = {"prep": round(time.perf_counter() - start, 4)}
         synth_start = time.perf_counter()
-        chunks = list(self.engine.synthesize(request.text, ref.samples, ref.ref_text, self._params(request)))
+        chunks = list(self.engine.synthesize(request.text, ref.samples, ref.ref_text, params))
         samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
         timings["synth"] = round(time.perf_counter() - synth_start, 4)
         rate = request.sample_rate or self.engine.sample_rate
         out: dict = {"format": request.format, "sample_rate": rate,
                      "duration": round(len(samples) / self.engine.sample_rate, 3), "ref_text": ref.ref_text}
-        self._annotate(request, out, samples, timings)
+        self._annotate(request, out, samples, timings, deadline)
+        deadline.check("encoding the audio")
         encoded = audio.encode(audio.resample(samples, self.engine.sample_rate, rate), rate, request.format)
         timings["total"] = round(time.perf_counter() - start, 4)
         out["timings"] = timings
         return out, encoded
 
-    def tts_stream(self, request: TtsRequest) -> Iterator[dict]:
+    def tts_stream(self, request: TtsRequest, deadline: JobDeadline | None = None) -> Iterator[dict]:
         """Audio pieces as each sentence batch is ready, then one summary item without audio."""
+        deadline = deadline or JobDeadline(self.limits.job_timeout_s)
         start = time.perf_counter()
-        ref = self._reference(request)
+        ref = self._reference(request, deadline)
         timings: dict = {"prep": round(time.perf_counter() - start, 4)}
         rate = request.sample_rate or self.engine.sample_rate
         # Room for the item's other keys; the base64 text is the bulk of every item.
@@ -208,7 +278,8 @@ class Jobs:
         index = 0
         resampler = audio.StreamResampler(self.engine.sample_rate, rate)
         synth_start = time.perf_counter()
-        chunks = self.engine.synthesize(request.text, ref.samples, ref.ref_text, self._params(request))
+        chunks = self.engine.synthesize(request.text, ref.samples, ref.ref_text,
+                                        self._params(request, deadline))
         for chunk in _with_end(chunks):
             if chunk is not None:
                 chunk = np.asarray(chunk, dtype=np.float32)
@@ -228,21 +299,28 @@ class Jobs:
         summary: dict = {"done": True, "chunks": index, "format": request.format, "sample_rate": rate,
                          "duration": round(len(samples) / self.engine.sample_rate, 3),
                          "ref_text": ref.ref_text}
-        self._annotate(request, summary, samples, timings)
+        self._annotate(request, summary, samples, timings, deadline)
         timings["total"] = round(time.perf_counter() - start, 4)
         summary["timings"] = timings
         yield summary
 
     # ---------------------------------------------------------------- transcribe
-    def transcribe(self, request: TranscribeRequest) -> dict:
+    def transcribe(self, request: TranscribeRequest, deadline: JobDeadline | None = None) -> dict:
+        deadline = deadline or JobDeadline(self.limits.job_timeout_s)
         start = time.perf_counter()
+        deadline.check("fetching the audio")
         data = audio.read_source(request.audio, self.policy, "input.audio")
-        clip = audio.decode(data, "input.audio", self.limits.max_transcribe_seconds)
-        samples = audio.to_rate(clip, self.engine.asr_sample_rate)
+        deadline.check("decoding the audio")
+        # Resampled while it is decoded: 30 minutes at a high rate never sit in memory at that rate.
+        clip = audio.decode(data, "input.audio", self.limits.max_transcribe_seconds,
+                            rate=self.engine.asr_sample_rate)
+        samples = clip.samples
         timings: dict = {"prep": round(time.perf_counter() - start, 4)}
         asr_start = time.perf_counter()
         want_words = request.timestamps or request.subtitles is not None
+        deadline.check("transcribing")
         result = self._asr(samples, request.language, words=want_words)
+        deadline.check("transcribing")
         timings["transcribe"] = round(time.perf_counter() - asr_start, 4)
         out: dict = {
             "text": result.text, "language": result.language, "duration": round(clip.duration, 3),

@@ -12,6 +12,10 @@ Environment variables (all optional; defaults in brackets):
 ``WORKER_MAX_TRANSCRIBE_SECONDS`` [1800]   longest audio a transcribe job may send
 ``WORKER_URL_TIMEOUT_S`` [20]              whole-download deadline for an http(s) audio URL
 ``WORKER_URL_MAX_REDIRECTS`` [5]           redirects followed (each hop re-checked)
+``WORKER_JOB_TIMEOUT_S`` [300]             per-job deadline: a job still working after this many seconds
+                                           stops with an error naming it (checked between stages, batches
+                                           and ODE steps; under RunPod's 600 s execution timeout and the
+                                           ~330 s cut of load-balancing endpoints)
 ``WORKER_ALLOW_PRIVATE_URLS`` [0]          1: allow URLs resolving to loopback/private/link-local
                                            addresses (tests and trusted networks only: SSRF)
 ``WORKER_MAX_RESPONSE_BYTES`` [9500000]    largest JSON output returned inline (RunPod: /run 10 MB)
@@ -48,6 +52,7 @@ class JobLimits:
     max_transcribe_seconds: float = 1800.0
     url_timeout_s: float = 20.0
     url_max_redirects: int = 5
+    job_timeout_s: float = 300.0
     allow_private_urls: bool = False
     max_response_bytes: int = 9_500_000
     stream_chunk_bytes: int = 1_000_000
@@ -95,6 +100,7 @@ class JobLimits:
                 "WORKER_MAX_TRANSCRIBE_SECONDS", cls.max_transcribe_seconds, float, 1.0),
             url_timeout_s=number("WORKER_URL_TIMEOUT_S", cls.url_timeout_s, float, 0.1),
             url_max_redirects=int(number("WORKER_URL_MAX_REDIRECTS", cls.url_max_redirects, int, 0)),
+            job_timeout_s=number("WORKER_JOB_TIMEOUT_S", cls.job_timeout_s, float, 1.0),
             allow_private_urls=flag in ("1", "true", "yes"),
             max_response_bytes=int(
                 number("WORKER_MAX_RESPONSE_BYTES", cls.max_response_bytes, int, 10_000)),

@@ -4,6 +4,11 @@ Each issue names the field (``input.<name>``) and says why, so ``{"error": str(e
 client to fix its request. Unknown top-level fields are rejected with the list of accepted ones: a typo
 such as ``txt`` must not silently produce audio of nothing. Nothing here touches audio or the network:
 ``ref_audio``/``audio`` stay strings until ``worker.audio`` fetches and decodes them.
+
+Every string field must be what the encoders downstream take: JSON parsers hand over lone surrogates
+(``"\ud800"``), which no UTF-8 encoder (the text batching, the tokenizer, the JSON sent back, the log)
+accepts, so they are refused here by name. Values are quoted in messages through ``reprlib`` (bounded
+in length and depth, ASCII-safe), so a hostile value cannot make the error itself fail or balloon.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +101,9 @@ class _Reader:
         if not isinstance(value, str):
             self._bad(name, "must be a string", value)
             return None
+        if (why := not_utf8(value)) is not None:
+            self._bad(name, why)
+            return None
         if not value.strip():
             self._bad(name, "must not be empty" if required else "must not be empty (leave it out instead)")
             return None
@@ -152,8 +161,22 @@ class _Reader:
         return value
 
 
+def not_utf8(value: str) -> str | None:
+    """Why ``value`` cannot be encoded as UTF-8 (a lone surrogate), or None when it can."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return (f"holds a lone surrogate (U+{ord(value[err.start]):04X} at character {err.start}), which is "
+                "not valid Unicode; send UTF-8 text")
+    return None
+
+
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlist, _SHOW.maxdict = 2, 57, 57, 4, 4
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = _SHOW.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -9,6 +9,13 @@ host-bound, ~1,340 kernel launches per ODE step, and samples in a fresh thread p
 - on CUDA: pads the mel length up to a bucket (masked, so the valid frames are unchanged) and replays
   one captured CUDA graph per bucket for each ODE step, removing the launch overhead.
 Each optimisation is switchable (worker/config.py) and checked against the plain path on CPU by tests.
+
+Text is batched like upstream (``chunk_text``: sentences and clauses up to a byte budget that keeps a
+batch near 22 s), with one difference: a clause longer than the budget (no punctuation for hundreds
+of characters) is split by words, then by characters, where upstream would make one batch of it and,
+past the model's frame limit (the text position table: 8192 frames, ~87 s with the reference), fail
+inside the DiT. A batch that still cannot fit (a reference transcript far too short for its audio:
+F5 gives each character the reference's time per character) is refused by name before any work.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import math
 import random
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -37,6 +44,8 @@ TARGET_RMS = 0.1
 MAX_REF_SECONDS = 20.0
 # Upstream's per-call budget: reference + generated audio of one batch stays under ~22 s.
 BATCH_SECONDS = 22.0
+# The sampler never makes a batch longer than this (upstream's CFM.sample default max_duration).
+FRAME_CAP = 65536
 _SENTENCE_END = re.compile(r"(?<=[;:,.!?])\s+|(?<=[；：，。！？])")
 
 
@@ -67,6 +76,38 @@ def chunk_text(text: str, max_chars: int) -> list[str]:
     if current:
         batches.append(current.strip())
     return batches
+
+
+def split_oversized(text: str, max_bytes: int) -> list[str]:
+    """``text`` as pieces of at most ``max_bytes`` UTF-8 bytes: as many whole words as fit, a word
+    longer than that split by characters (one character always makes a piece, however long)."""
+    pieces: list[str] = []
+    rest = text.strip()
+    while _utf8_len(rest) > max_bytes:
+        head, rest = take_prefix(rest, max_bytes)
+        pieces.append(head)
+    if rest:
+        pieces.append(rest)
+    return pieces
+
+
+def take_prefix(text: str, max_bytes: int) -> tuple[str, str]:
+    """(the longest run of whole words of ``text`` within ``max_bytes``, the rest); when the first word
+    alone is longer, as many of its characters as fit (at least one). Whitespace inside is kept."""
+    end = size = 0
+    for word in re.finditer(r"\S+", text):
+        size += _utf8_len(text[end:word.end()])
+        if size > max_bytes:
+            break
+        end = word.end()
+    if end == 0:
+        size = 0
+        for char in text:
+            size += _utf8_len(char)
+            if size > max_bytes and end > 0:
+                break
+            end += 1
+    return text[:end].strip(), text[end:].strip()
 
 
 def cross_fade_concat(waves: Sequence[np.ndarray], fade: int) -> np.ndarray:
@@ -113,6 +154,27 @@ class CrossFader:
 class Batch:
     gen_text: str
     seed: int
+
+
+def batch_duration(ref_frames: int, ref_text: str, gen_text: str, speed: float) -> int:
+    """Upstream's length rule: the reference's frames per byte of its transcript, times the batch's
+    bytes, over the speed (very short texts are slowed down); the result includes the reference."""
+    gen_len = _utf8_len(gen_text)
+    local_speed = speed if gen_len >= 10 else 0.3
+    return ref_frames + int(ref_frames / _utf8_len(ref_text) * gen_len / local_speed)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    batches: list[Batch]
+    ref: np.ndarray
+    ref_text: str  # normalized; the joiner space is added at synthesis
+    ref_frames: int
+
+    @property
+    def joiner_ref(self) -> str:
+        # Upstream appends a space after a Latin-script reference so the two texts do not fuse.
+        return self.ref_text + " " if _utf8_len(self.ref_text[-1]) == 1 else self.ref_text
 
 
 def _resolve_dtype(name: str, device: str) -> torch.dtype:
@@ -235,17 +297,39 @@ class F5Synth:
         first = self.first_chunk_chars if first_chunk_chars is None else first_chunk_chars
         if first and first < max_chars:
             small = chunk_text(text, first)
-            # The first small batch stays; the rest is regrouped under the normal budget.
-            texts = small[:1] + chunk_text(" ".join(small[1:]), max_chars)
+            # The first small batch stays (cut to size when its clause is longer); the rest is
+            # regrouped under the normal budget.
+            head, rest = take_prefix(small[0], first) if small else ("", "")
+            texts = [head, *chunk_text(" ".join(t for t in (rest, *small[1:]) if t), max_chars)]
         else:
             texts = chunk_text(text, max_chars)
+        # A clause longer than the budget (no punctuation to split at) is split by words, then
+        # characters: one batch of it could pass the model's frame limit.
+        texts = [piece for t in texts if t for piece in split_oversized(t, max_chars)]
         return [Batch(t, seed + i) for i, t in enumerate(texts)]
 
+    @property
+    def max_frames(self) -> int:
+        """The longest batch (reference + generated mel frames) the DiT can take: its text position
+        table (8192 frames in F5-TTS 1.1) when it has one, else the sampler's cap."""
+        embed = self.dit.text_embed
+        return min(embed.precompute_max_pos, FRAME_CAP) if embed.extra_modeling else FRAME_CAP
+
+    def _batch_frames(self, prepared: _Prepared, batch: Batch, speed: float) -> int:
+        """The frames ``_sample_fast`` will run for ``batch`` (the same rule, without the cap)."""
+        from f5_tts.model.utils import convert_char_to_pinyin
+
+        tokens = len(convert_char_to_pinyin([prepared.joiner_ref + batch.gen_text])[0])
+        duration = batch_duration(prepared.ref_frames, prepared.joiner_ref, batch.gen_text, speed)
+        frames = max(max(tokens, prepared.ref_frames + 1) + 1, duration)
+        if self.length_snap:
+            frames = math.ceil(frames / self.bucket) * self.bucket
+        return frames
+
     # ---- public ----------------------------------------------------------------------------------
-    def synthesize(self, text: str, ref_audio: np.ndarray, ref_text: str, *, speed: float = 1.0,
-                   nfe_step: int = 32, cfg_strength: float = 2.0, sway_sampling_coef: float = -1.0,
-                   seed: int | None = None, cross_fade_s: float = 0.15,
-                   first_chunk_chars: int | None = None) -> Iterator[np.ndarray]:
+    def prepare(self, text: str, ref_audio: np.ndarray, ref_text: str, *, speed: float, seed: int,
+                first_chunk_chars: int | None = None) -> _Prepared:
+        """Check the inputs and plan the batches; refuse by name a batch the model cannot make."""
         ref = np.asarray(ref_audio, dtype=np.float32).reshape(-1)
         seconds = len(ref) / SAMPLE_RATE
         if seconds < HOP * 4 / SAMPLE_RATE:
@@ -256,19 +340,51 @@ class F5Synth:
             raise TTSError("ref_text: empty; give the reference transcript (or let the worker transcribe it)")
         if not text.strip():
             raise TTSError("text: empty")
-        if seed is None:
-            seed = random.randrange(2**31)
-            log.info("tts: no seed given, using %s", seed)
         ref_text = _normalize_ref_text(ref_text)
         batches = self.plan(text, ref_text, seconds, speed, seed, first_chunk_chars)
         if not batches:
             raise TTSError("text: nothing to say after splitting into sentences")
-        # Inputs are checked above, at call time; the audio is made as the caller iterates.
-        return self._stream(batches, ref, ref_text, speed, nfe_step, cfg_strength, sway_sampling_coef,
-                            cross_fade_s)
+        prepared = _Prepared(batches, ref, ref_text, len(ref) // HOP)
+        limit = self.max_frames
+        for batch in batches:
+            frames = self._batch_frames(prepared, batch, speed)
+            if frames > limit:
+                raise TTSError(
+                    f"text: the piece {_clip(batch.gen_text)!r} needs {frames} frames of audio with this "
+                    f"reference ({frames * HOP / SAMPLE_RATE:.0f} s), past the model's limit of {limit} "
+                    f"({limit * HOP / SAMPLE_RATE:.0f} s): F5 gives each character the time the reference "
+                    f"spends per character of ref_text ({seconds:.1f} s for {_utf8_len(ref_text)} bytes); "
+                    "send the reference's full transcript in ref_text, a shorter reference, or a higher "
+                    "speed")
+        return prepared
 
-    def _stream(self, batches, ref, ref_text, speed, nfe_step, cfg_strength, sway_sampling_coef,
-                cross_fade_s) -> Iterator[np.ndarray]:
+    def planned_seconds(self, prepared: _Prepared, speed: float, cross_fade_s: float = 0.15) -> float:
+        """A lower bound of the output's length: each batch's planned frames (Vocos makes n - 1 hops of
+        samples from n frames; the sampler may run more frames, never fewer), less the cross-fades."""
+        frames = sum(max(0, batch_duration(prepared.ref_frames, prepared.joiner_ref, b.gen_text, speed)
+                         - prepared.ref_frames - 1) for b in prepared.batches)
+        fades = (len(prepared.batches) - 1) * int(cross_fade_s * SAMPLE_RATE)
+        return max(0, frames * HOP - fades) / SAMPLE_RATE
+
+    def synthesize(self, text: str, ref_audio: np.ndarray, ref_text: str, *, speed: float = 1.0,
+                   nfe_step: int = 32, cfg_strength: float = 2.0, sway_sampling_coef: float = -1.0,
+                   seed: int | None = None, cross_fade_s: float = 0.15,
+                   first_chunk_chars: int | None = None,
+                   check: Callable[[], None] | None = None) -> Iterator[np.ndarray]:
+        """Checks the inputs now (TTSError naming the field); the audio is made as the caller iterates.
+        ``check`` is called before each batch and each ODE step: raising there stops the work (a job's
+        deadline)."""
+        if seed is None:
+            seed = random.randrange(2**31)
+            log.info("tts: no seed given, using %s", seed)
+        prepared = self.prepare(text, ref_audio, ref_text, speed=speed, seed=seed,
+                                first_chunk_chars=first_chunk_chars)
+        return self._stream(prepared, speed, nfe_step, cfg_strength, sway_sampling_coef, cross_fade_s,
+                            check or _no_check)
+
+    def _stream(self, prepared: _Prepared, speed, nfe_step, cfg_strength, sway_sampling_coef,
+                cross_fade_s, check: Callable[[], None]) -> Iterator[np.ndarray]:
+        batches, ref = prepared.batches, prepared.ref
         # inference_mode is thread-global state: it is entered per batch and never held across a yield,
         # so the consumer's code between chunks runs in the mode it chose.
         with torch.inference_mode():
@@ -278,12 +394,12 @@ class F5Synth:
                 audio = audio * TARGET_RMS / max(rms, 1e-12)
             cond = self.cfm.mel_spec(audio).permute(0, 2, 1).to(self.dtype)
         fader = CrossFader(int(cross_fade_s * SAMPLE_RATE))
-        # Upstream appends a space after a Latin-script reference so the two texts do not fuse.
-        joiner_ref = ref_text + " " if _utf8_len(ref_text[-1]) == 1 else ref_text
+        joiner_ref = prepared.joiner_ref
         for i, batch in enumerate(batches):
+            check()
             with self._lock, torch.inference_mode():
                 wave = self._one_batch(cond, audio.shape[-1] // HOP, joiner_ref, batch, speed, nfe_step,
-                                       cfg_strength, sway_sampling_coef)
+                                       cfg_strength, sway_sampling_coef, check)
             if rms < TARGET_RMS:
                 wave = wave * rms / TARGET_RMS
             chunk = fader.push(wave, last=i == len(batches) - 1)
@@ -291,18 +407,17 @@ class F5Synth:
                 yield chunk
 
     # ---- one batch ---------------------------------------------------------------------------------
-    def _one_batch(self, cond, ref_frames, ref_text, batch, speed, steps, cfg, sway) -> np.ndarray:
+    def _one_batch(self, cond, ref_frames, ref_text, batch, speed, steps, cfg, sway,
+                   check: Callable[[], None] = lambda: None) -> np.ndarray:
         from f5_tts.model.utils import convert_char_to_pinyin, list_str_to_idx
 
-        gen_len = _utf8_len(batch.gen_text)
-        local_speed = speed if gen_len >= 10 else 0.3  # upstream slows very short texts down
-        duration = ref_frames + int(ref_frames / _utf8_len(ref_text) * gen_len / local_speed)
+        duration = batch_duration(ref_frames, ref_text, batch.gen_text, speed)
         chars = convert_char_to_pinyin([ref_text + batch.gen_text])
         if self.sampler == "upstream":
             mel = self._sample_upstream(cond, chars, duration, steps, cfg, sway, batch.seed)
         else:
             ids = list_str_to_idx(chars, self.cfm.vocab_char_map).to(self.device)
-            mel = self._sample_fast(cond, ids, duration, steps, cfg, sway, batch.seed)
+            mel = self._sample_fast(cond, ids, duration, steps, cfg, sway, batch.seed, check)
         mel = mel[:, ref_frames:, :].float().permute(0, 2, 1)
         return self.vocos.decode(mel).squeeze(0).cpu().numpy()
 
@@ -324,11 +439,12 @@ class F5Synth:
         gen = torch.Generator(device=self.device).manual_seed(seed)
         return torch.randn(frames, N_MELS, generator=gen, device=self.device, dtype=self.dtype)
 
-    def _sample_fast(self, cond, ids, duration, steps, cfg, sway, seed) -> torch.Tensor:
+    def _sample_fast(self, cond, ids, duration, steps, cfg, sway, seed,
+                     check: Callable[[], None] = lambda: None) -> torch.Tensor:
         ref_frames = cond.shape[1]
-        frames = min(max(max(ids.shape[1], ref_frames) + 1, duration), 65536)
+        frames = min(max(max(ids.shape[1], ref_frames) + 1, duration), FRAME_CAP)
         if self.length_snap:
-            frames = min(math.ceil(frames / self.bucket) * self.bucket, 65536)
+            frames = min(math.ceil(frames / self.bucket) * self.bucket, FRAME_CAP)
         padded = math.ceil(frames / self.bucket) * self.bucket
         dit = self.dit
         text_c = dit.text_embed(ids, frames, drop_text=False)
@@ -347,10 +463,11 @@ class F5Synth:
             mask = (torch.arange(padded, device=self.device) < frames).unsqueeze(0).expand(2, -1)
         t = self._time_grid(steps, sway)
         if self.cuda_graphs:
-            y = self._run_graph(padded, y, const, mask, t, cfg)
+            y = self._run_graph(padded, y, const, mask, t, cfg, check)
         else:
             rope = dit.rotary_embed.forward_from_seq_len(padded)
             for i in range(steps):
+                check()
                 y = y + (t[i + 1] - t[i]) * self._velocity(y, const, mask, rope, t[i], cfg)
         dit.clear_cache()
         # Like upstream, the reference frames of the result are the reference itself. The mel of the
@@ -375,7 +492,8 @@ class F5Synth:
         pred, null = self._forward(y, const, mask, rope, t).chunk(2, dim=0)
         return pred + (pred - null) * cfg
 
-    def _run_graph(self, padded, y, const, mask, t, cfg) -> torch.Tensor:
+    def _run_graph(self, padded, y, const, mask, t, cfg,
+                   check: Callable[[], None] = lambda: None) -> torch.Tensor:
         entry = self._graphs.get(padded)
         if entry is None:
             bufs = {"y": y.clone(), "const": const.clone(), "mask": None if mask is None else mask.clone(),
@@ -397,6 +515,7 @@ class F5Synth:
             bufs["mask"].copy_(mask)
         bufs["cfg"].fill_(cfg)
         for i in range(len(t) - 1):
+            check()
             bufs["t"].copy_(t[i])
             bufs["dt"].copy_(t[i + 1] - t[i])
             graph.replay()
@@ -420,6 +539,14 @@ class F5Synth:
                 if not self.length_snap:
                     mask = torch.ones(2, padded, device=self.device, dtype=torch.bool)
                 self._run_graph(padded, y, const, mask, self._time_grid(2, None), 2.0)
+
+
+def _no_check() -> None:
+    pass
+
+
+def _clip(text: str, keep: int = 40) -> str:
+    return text if len(text) <= keep else text[:keep] + "..."
 
 
 def _normalize_ref_text(ref_text: str) -> str:

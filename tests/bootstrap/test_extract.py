@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import stat
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from worker.bootstrap.extract import ExtractError, Extractor
 
@@ -122,3 +125,57 @@ def test_hostile_artifact_end_to_end(tmp_path: Path, server: Server) -> None:
     assert list(outside.iterdir()) == []
     assert not list((vol / "envs").glob("*.ready.json"))
     assert "extract: symlink" in run.stderr  # the one-line failure names phase and cause
+
+
+names = st.lists(st.integers(1, 600), min_size=1, max_size=24).map(
+    lambda lengths: "/".join(f"{i % 10}" * n for i, n in enumerate(lengths)))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=names)
+def test_a_name_of_any_length_extracts_or_is_refused_briefly_as_the_artifacts_fault(tmp_path: Path,
+                                                                                   name: str) -> None:
+    root = tmp_path / f"env-{len(name)}-{name.count('/')}-{abs(hash(name)) % 10**6}"
+    fits = max(len(p) for p in name.split("/")) <= 255 and len(str(root)) + 1 + len(name) < 4096
+    try:
+        _extract(root, _tar(_m(name, data=b"x")))
+    except ExtractError as err:
+        assert not fits, err
+        assert len(str(err)) < 500 and "just pack" in err.remedy  # the artifact, not the volume
+        assert "bytes" in err.message and "filesystem takes" in err.message
+        return
+    assert fits and (root / name).read_bytes() == b"x"
+
+
+def test_a_10kb_name_gives_a_short_message(tmp_path: Path) -> None:
+    with pytest.raises(ExtractError) as caught:
+        _extract(tmp_path / "env", _tar(_m("a" * 10_000, data=b"x")))
+    assert len(str(caught.value)) < 400 and "10000 characters" in str(caught.value)
+
+
+def test_sticky_bit_kept_on_directories_setuid_never(tmp_path: Path) -> None:
+    root = tmp_path / "env"
+    _extract(root, _tar(_m("tmp", tarfile.DIRTYPE, mode=0o1777), _m("plain", tarfile.DIRTYPE, mode=0o755),
+                        _m("bin/su", data=b"#!/bin/sh\n", mode=0o4755),
+                        _m("bin/sg", data=b"x", mode=0o2755)))
+    assert stat.S_IMODE((root / "tmp").stat().st_mode) == 0o1777
+    assert stat.S_IMODE((root / "plain").stat().st_mode) == 0o755
+    assert stat.S_IMODE((root / "bin/su").stat().st_mode) == 0o755
+    assert stat.S_IMODE((root / "bin/sg").stat().st_mode) == 0o755
+
+
+def test_more_bytes_than_the_manifest_declares_is_refused(tmp_path: Path) -> None:
+    tar_bytes = _tar(_m("a", data=b"x" * 600), _m("b", data=b"y" * 600))
+    with pytest.raises(ExtractError, match=r"more than the 1000 bytes of files its manifest declares"):
+        Extractor(tmp_path / "env", max_bytes=1000).run(io.BytesIO(zstandard.ZstdCompressor().compress(
+            tar_bytes)))
+    Extractor(tmp_path / "ok", max_bytes=1200).run(io.BytesIO(zstandard.ZstdCompressor().compress(tar_bytes)))
+
+
+def test_long_name_end_to_end_is_phase_extract(tmp_path: Path, server: Server) -> None:
+    write_artifact(server.root, _tar(_m("ok", data=b"fine"), _m("d/" + "n" * 10_000, data=b"x")))
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    run = run_bootstrap("--manifest-url", server.manifest_url(), "--volume", str(vol), "--no-exec")
+    assert run.code == 15 and run.result["phase"] == "extract", run.stderr
+    assert len(run.stdout) < 1500 and "just pack" in run.result["remedy"]

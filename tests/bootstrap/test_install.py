@@ -127,6 +127,24 @@ def test_unknown_format(tmp_path: Path, server: Server, artifact: Artifact) -> N
     assert "unknown manifest format 2" in run.result["error"]
 
 
+HOSTILE_MANIFESTS = {
+    "nested": "[" * 100_000,
+    "nested-inside": '{"format": 1, "env_id": ' + "[" * 50_000 + "]" * 50_000 + "}",
+    "huge-value": '{"format": 1, "env_id": "' + "x" * 10_000_000 + '"}',
+    "huge-integer": '{"format": 1, "archive": {"size": ' + "9" * 5000 + "}}",
+}
+
+
+@pytest.mark.parametrize("text", HOSTILE_MANIFESTS.values(), ids=HOSTILE_MANIFESTS.keys())
+def test_hostile_manifest_is_phase_manifest(tmp_path: Path, server: Server, artifact: Artifact,
+                                            text: str) -> None:
+    artifact.manifest_path.write_text(text)
+    run = run_bootstrap(*_args(server, tmp_path / "vol"))
+    assert run.code == 11 and run.result["phase"] == "manifest", run.stdout[-500:]
+    assert len(run.stdout) < 4000 and "Traceback" not in run.stderr
+    assert server.part_requests() == []
+
+
 def test_missing_manifest_url(tmp_path: Path) -> None:
     run = run_bootstrap("--volume", str(tmp_path), "--no-exec")
     assert run.code == 11 and "MANIFEST_URL" in run.result["remedy"]
@@ -156,6 +174,24 @@ def test_volume_missing_falls_back_loudly_or_fails(tmp_path: Path, server: Serve
                          "--volume-fallback", "fail")
     assert fail.code == 13 and fail.result["phase"] == "preflight"
     assert "network volume" in fail.result["remedy"]
+
+
+@pytest.mark.parametrize("kind", ["regular-file", "through-a-file"])
+def test_a_volume_that_is_not_a_directory_is_refused_not_replaced(tmp_path: Path, server: Server,
+                                                                  artifact: Artifact, kind: str) -> None:
+    afile = tmp_path / "volume-file"
+    afile.write_text("not a volume")
+    volume = afile if kind == "regular-file" else afile / "sub"
+    container = tmp_path / "container-disk"
+    run = run_bootstrap("--manifest-url", server.manifest_url(), "--volume", str(volume), "--no-exec",
+                        env=bootstrap_env(BOOTSTRAP_CONTAINER_DIR=str(container),
+                                          BOOTSTRAP_VOLUME_FALLBACK="container"))
+    assert run.code == 13 and run.result["phase"] == "preflight", run.stderr
+    assert str(volume) in run.result["error"] and "IS MISSING" not in run.stderr
+    assert "RUNPOD_VOLUME" in run.result["remedy"]
+    if kind == "regular-file":
+        assert "is not a directory (it is a regular file)" in run.result["error"]
+    assert not container.exists() and afile.read_text() == "not a volume"
 
 
 def test_exec_runs_env_python_activated(tmp_path: Path, server: Server, artifact: Artifact) -> None:

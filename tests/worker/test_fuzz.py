@@ -87,3 +87,30 @@ def test_still_serving_after_fuzzing(core: Handler) -> None:
     out = core.run({"id": "after", "input": {"text": "Still here.", "ref_audio": REF, "ref_text": "Ref.",
                                              "nfe_step": 2}})
     assert "audio" in out
+
+
+# Any code point, lone surrogates and control characters far more often than a uniform draw gives them.
+_odd = st.one_of(st.characters(exclude_categories=()),
+                 st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), st.characters(max_codepoint=0x1F))
+any_text = st.one_of(st.text(_odd, min_size=1, max_size=24),
+                     st.builds(lambda a, odd, b: a + odd + b, st.text(max_size=12), _odd,
+                               st.text(max_size=12)))
+STRING_FIELDS = ("text", "ref_text", "voice", "language", "format", "subtitles", "task")
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(fields=st.dictionaries(st.sampled_from(STRING_FIELDS), any_text, min_size=1, max_size=2),
+       keys=st.dictionaries(any_text, st.just(1), max_size=1))
+def test_strings_of_any_code_points_never_reach_an_encoder_unchecked(core: Handler, fields: dict,
+                                                                     keys: dict) -> None:
+    # A valid job with one or two string fields (or an extra key) replaced by arbitrary code points.
+    job_input = {"text": "Hello there.", "ref_audio": REF, "ref_text": "Ref.", "nfe_step": 2, **fields}
+    if "voice" in fields:
+        del job_input["ref_audio"]
+    if not fields.keys() & {"text", "voice", "format", "task"}:
+        job_input.update(keys)
+    for output in (core.run({"id": "fuzz", "input": job_input}),
+                   *core.stream({"id": "fuzz", "input": job_input})):
+        check(output)
+        json.dumps(output, ensure_ascii=False).encode("utf-8")  # what runpod sends, as UTF-8

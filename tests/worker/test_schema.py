@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.limits import JobLimits, LimitsError
 from worker.schema import (
@@ -125,3 +127,55 @@ def test_limits_from_env(tmp_path) -> None:
         JobLimits.from_env({"WORKER_URL_TIMEOUT_S": "soon"})
     with pytest.raises(LimitsError, match="WORKER_MAX_TEXT_CHARS='0' must be at least 1"):
         JobLimits.from_env({"WORKER_MAX_TEXT_CHARS": "0"})
+
+
+# Any code point, lone surrogates (which JSON parsers hand over for "\ud800") far more often than a
+# uniform draw would give them.
+any_text = st.text(st.one_of(st.characters(exclude_categories=()),
+                             st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)), max_size=30)
+STRING_FIELDS = {"tts": ("text", "ref_audio", "voice", "ref_text", "language", "format", "subtitles", "task"),
+                 "transcribe": ("audio", "language", "subtitles")}
+
+
+def _encodable(value: object) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
+
+
+@settings(max_examples=300)
+@given(task=st.sampled_from(["tts", "transcribe"]), values=st.dictionaries(
+    st.sampled_from(sorted(set(STRING_FIELDS["tts"]) | set(STRING_FIELDS["transcribe"]))), any_text))
+def test_every_string_field_is_valid_unicode_or_refused_by_name(task: str, values: dict) -> None:
+    job = {"text": "Hi.", "ref_audio": "UklGRg==", "audio": "UklGRg==", **values, "task": task}
+    job = {k: v for k, v in job.items() if k in accepted_fields(task)}
+    try:
+        request = parse_job(job, LIMITS)
+    except JobInputError as err:
+        for name, value in job.items():
+            if not _encodable(value) and name != "task":
+                assert any(i.startswith(f"input.{name}: ") for i in err.issues), (name, err.issues)
+        str(err).encode("utf-8")  # the message itself always encodes
+        return
+    for name in STRING_FIELDS[task]:
+        assert _encodable(getattr(request, name, None)), name
+
+
+def test_a_lone_surrogate_in_text_is_named() -> None:
+    found = issues({"text": "Hi \ud800 there.", "ref_audio": "UklGRg==", "ref_text": "ok \udfff"})
+    assert found == [
+        "input.text: holds a lone surrogate (U+D800 at character 3), which is not valid Unicode; send "
+        "UTF-8 text",
+        "input.ref_text: holds a lone surrogate (U+DFFF at character 3), which is not valid Unicode; send "
+        "UTF-8 text"]
+
+
+def test_a_deeply_nested_value_is_quoted_briefly() -> None:
+    nested: list = []
+    for _ in range(50_000):
+        nested = [nested]
+    found = issues({"text": nested, "ref_audio": "UklGRg==", "speed": {"a": "b" * 10_000}})
+    assert all(len(issue) < 200 for issue in found), found

@@ -35,22 +35,29 @@ def new_install_id(env_dir: Path) -> str:
 def read_marker(layout: Layout, env_id: str) -> dict[str, Any] | None:
     try:
         data = json.loads(layout.marker(env_id).read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a damaged or hostile marker vouches for nothing
         return None
     return data if isinstance(data, dict) else None
 
 
 def ready_path(layout: Layout, manifest: Manifest) -> Path | None:
     """The installed env's path when a complete tree for this manifest is there; else None."""
-    marker = read_marker(layout, manifest.env_id)
-    if not marker or marker.get("archive_sha256") != manifest.archive.sha256:
+    found = committed(layout, manifest.env_id)
+    return found[0] if found is not None and found[1] == manifest.archive.sha256 else None
+
+
+def committed(layout: Layout, env_id: str) -> tuple[Path, str] | None:
+    """(path, archive sha256) of the complete committed tree of ``env_id``, whatever archive it came
+    from; None when there is none (no marker, or a tree that is not the one the marker vouches for)."""
+    marker = read_marker(layout, env_id)
+    if not marker:
         return None
     path = Path(str(marker.get("path")))
     try:
         stamped = (path / INSTALL_ID_FILE).read_text().strip()
     except OSError:
         return None
-    return path if stamped == marker.get("install_id") else None
+    return (path, str(marker.get("archive_sha256"))) if stamped == marker.get("install_id") else None
 
 
 def commit(layout: Layout, manifest: Manifest, env_dir: Path, install_id: str,

@@ -61,7 +61,7 @@ def report(volume: Path) -> dict[str, Any]:
     doc["trash"] = sorted(p.name for p in layout.trash.iterdir()) if layout.trash.is_dir() else []
     try:
         doc["last_failure"] = json.loads((layout.logs / "last-failure.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         doc["last_failure"] = None
     return doc
 

@@ -158,7 +158,8 @@ class Downloads:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return DownloadError(f"no space left on the volume while writing part {f.part.name}",
                                  "grow the network volume or remove old envs (see `python -m "
-                                 "worker.bootstrap doctor`); the next start resumes")
+                                 "worker.bootstrap doctor`); after that the next start resumes from the "
+                                 "parts already on the volume")
         return DownloadError(f"could not write part {f.part.name} to {self.dir}: {exc.strerror or exc}",
                              "check the volume (mounted read-write? healthy?)")
 

@@ -6,6 +6,14 @@ which catches chains), hardlinks to anything but a regular file already extracte
 fifos and any other special member, and a path given twice. Files are created with ``O_EXCL |
 O_NOFOLLOW`` in a root that starts empty, so nothing outside it is ever opened for writing.
 
+Member names and link targets are the archive's text: every message quotes them bounded
+(``_q``), and names longer than the filesystem takes (a component over NAME_MAX, a path over
+PATH_MAX) are refused by name before any ``open``, as a damaged artifact, not as a volume fault. The
+regular files may add up to the manifest's ``unpacked_size`` at most (what preflight reserved): an
+archive holding more is refused as inconsistent, so a lying size cannot fill the volume start after
+start. Modes: permission bits kept (owner read/write forced), the sticky bit kept on directories (a
+world-writable directory without it lets anyone delete anyone's files), setuid/setgid never.
+
 Decompression runs in its own thread (zstandard releases the GIL) and hands chunks to the tar reader
 through a small queue, so decompression overlaps file writes.
 """
@@ -215,25 +223,43 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def _q(text: str, keep: int = 80) -> str:
+    """An archive's name or link target, quoted for a message: never more than ~100 characters."""
+    if len(text) <= keep:
+        return repr(text)
+    return f"{text[:keep - 20]!r}...{text[-16:]!r} ({len(text)} characters)"
+
+
 def _write_error(name: str, exc: OSError) -> BootstrapError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return BootstrapError("extract", f"no space left on the volume while writing {name!r}",
+        return BootstrapError("extract", f"no space left on the volume while writing {_q(name)}",
                               "grow the network volume or remove old envs (see `python -m worker.bootstrap "
-                              "doctor`); the next start resumes")
+                              "doctor`); after that the next start resumes from the parts already on the "
+                              "volume")
+    if exc.errno == errno.ENAMETOOLONG:
+        return ExtractError(f"member {_q(name)}: the name is longer than the volume's filesystem takes")
     if isinstance(exc, FileExistsError):
-        return ExtractError(f"member {name!r} appears twice in the archive")
-    return BootstrapError("extract", f"could not write {name!r}: {exc.strerror or exc}",
+        return ExtractError(f"member {_q(name)} appears twice in the archive")
+    return BootstrapError("extract", f"could not write {_q(name)}: {exc.strerror or exc}",
                           "check the volume (mounted read-write? healthy?)")
+
+
+def _pathconf(path: Path, name: str, default: int) -> int:
+    try:
+        value = os.pathconf(path, name)
+    except (OSError, ValueError):
+        return default
+    return value if value > 0 else default
 
 
 def _clean_name(name: str) -> str:
     if "\x00" in name:
-        raise ExtractError(f"member name {name!r} holds a NUL byte")
+        raise ExtractError(f"member name {_q(name)} holds a NUL byte")
     if name.startswith("/") or posixpath.isabs(name):
-        raise ExtractError(f"member {name!r} has an absolute path")
+        raise ExtractError(f"member {_q(name)} has an absolute path")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise ExtractError(f"member {name!r} climbs out with '..'")
+        raise ExtractError(f"member {_q(name)} climbs out with '..'")
     return "/".join(parts)
 
 
@@ -241,10 +267,11 @@ class Extractor:
     """Extracts one archive stream into ``root`` (which must not exist yet, or be empty)."""
 
     def __init__(self, root: Path, check: Callable[[], None] = lambda: None,
-                 keep: frozenset[str] | set[str] = frozenset()) -> None:
+                 keep: frozenset[str] | set[str] = frozenset(), max_bytes: int | None = None) -> None:
         self.root = root
         self.check = check
         self.keep = keep  # files the installer put in the root beforehand (its install stamp)
+        self.max_bytes = max_bytes  # the manifest's unpacked_size: regular files may not add up to more
         self.stats = ExtractStats()
         self._symlinks: set[str] = set()
         self._files: set[str] = set()
@@ -258,6 +285,9 @@ class Extractor:
         self.root.mkdir(parents=True, exist_ok=True)
         if any(p.name not in self.keep for p in self.root.iterdir()):
             raise ExtractError(f"staging directory {self.root} is not empty", "remove it and start again")
+        self._name_max = _pathconf(self.root, "PC_NAME_MAX", 255)
+        # PATH_MAX counts the terminating NUL; the root's own path comes first.
+        self._rel_max = _pathconf(self.root, "PC_PATH_MAX", 4096) - 1 - len(os.fsencode(self._prefix))
         pipe = _Pipe(compressed)
         # The parsing thread is CPU-bound; writer threads come back from each syscall wanting the GIL.
         # With the default 5 ms switch interval they queue behind it (a convoy); 0.2 ms keeps them fed.
@@ -295,16 +325,17 @@ class Extractor:
 
     def _member(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         rel = _clean_name(m.name)
+        self._check_length(rel)
         if rel in self.keep:
-            raise ExtractError(f"member {rel!r} collides with the installer's own stamp file")
+            raise ExtractError(f"member {_q(rel)} collides with the installer's own stamp file")
         if not rel:
             if not m.isdir():
-                raise ExtractError(f"member {m.name!r} names the root but is not a directory")
+                raise ExtractError(f"member {_q(m.name)} names the root but is not a directory")
             return
         parent, _, _ = rel.rpartition("/")
         self._ensure_dir(parent, rel)
         if rel in self._files or rel in self._symlinks or (rel in self._dirs and not m.isdir()):
-            raise ExtractError(f"member {rel!r} appears twice in the archive")
+            raise ExtractError(f"member {_q(rel)} appears twice in the archive")
         target = self._prefix + rel  # plain strings: pathlib costs more than the syscall here
         if m.type in _FILE_TYPES:
             self._write_file(tar, m, rel, target)
@@ -313,14 +344,26 @@ class Extractor:
                 os.mkdir(target, 0o700)
                 self._dirs.add(rel)
                 self.stats.dirs += 1
-            os.chmod(target, (m.mode & 0o777) | 0o700)
+            os.chmod(target, (m.mode & 0o1777) | 0o700)  # sticky kept, setuid/setgid never
         elif m.issym():
             self._symlink(m, rel, target)
         elif m.islnk():
             self._hardlink(m, rel, target)
         else:
-            raise ExtractError(f"member {rel!r} is a device file, fifo or other special file "
+            raise ExtractError(f"member {_q(rel)} is a device file, fifo or other special file "
                                f"(tar type {m.type!r}); an environment never needs one")
+
+    def _check_length(self, rel: str) -> None:
+        encoded = os.fsencode(rel)
+        longest = max((len(piece) for piece in encoded.split(b"/")), default=0)
+        if longest > self._name_max:
+            raise ExtractError(f"member {_q(rel)} has a path component of {longest} bytes; the volume's "
+                               f"filesystem takes {self._name_max} at most")
+        if len(encoded) > self._rel_max:
+            raise ExtractError(f"member {_q(rel)} is {len(encoded)} bytes long: under {self.root} the "
+                               f"filesystem takes {self._rel_max} at most",
+                               "the artifact is damaged or hostile, or the volume path is very deep: "
+                               "rebuild it with `just pack`")
 
     def _ensure_dir(self, rel_dir: str, member: str) -> None:
         if rel_dir in self._dirs:
@@ -330,15 +373,21 @@ class Extractor:
         for piece in rel_dir.split("/"):
             built = f"{built}/{piece}" if built else piece
             if built in self._symlinks:
-                raise ExtractError(f"member {member!r} goes through the symlink {built!r}")
+                raise ExtractError(f"member {_q(member)} goes through the symlink {_q(built)}")
             if built in self._files:
-                raise ExtractError(f"member {member!r} goes through the file {built!r}")
+                raise ExtractError(f"member {_q(member)} goes through the file {_q(built)}")
             if built not in self._dirs:
                 os.mkdir(self._prefix + built, 0o755)
                 self._dirs.add(built)
                 self.stats.dirs += 1
 
     def _write_file(self, tar: tarfile.TarFile, m: tarfile.TarInfo, rel: str, target: str) -> None:
+        if self.max_bytes is not None and self.stats.bytes + m.size > self.max_bytes:
+            raise ExtractError(
+                f"the archive holds more than the {self.max_bytes} bytes of files its manifest declares "
+                f"(unpacked_size; {self.stats.bytes} extracted, then {_q(rel)} of {m.size} bytes)",
+                "the manifest does not match its archive (preflight reserves space by its unpacked_size): "
+                "re-publish the release with `just pack`")
         mode = (m.mode & 0o777) | 0o600
         # Python checks .pyc files against their source's mtime: keep those; other mtimes do not matter
         # and cost a syscall per file.
@@ -351,7 +400,7 @@ class Extractor:
         if m.size <= _SMALL_FILE:
             data = src.read(m.size)
             if len(data) != m.size:
-                raise ExtractError(f"the archive ends inside {rel!r}")
+                raise ExtractError(f"the archive ends inside {_q(rel)}")
             self._writers.submit(rel, m.size, _write_small, target, data, mode, mtime_ns)
         else:
             self._write_large(src, m.size, rel, target, mode, mtime_ns)
@@ -367,7 +416,7 @@ class Extractor:
             while remaining > 0:
                 chunk = src.read(min(_CHUNK, remaining))
                 if not chunk:
-                    raise ExtractError(f"the archive ends inside {rel!r}")
+                    raise ExtractError(f"the archive ends inside {_q(rel)}")
                 _write_all(fd, chunk)
                 remaining -= len(chunk)
             _set_meta(fd, mode, mtime_ns)
@@ -378,10 +427,10 @@ class Extractor:
     def _symlink(self, m: tarfile.TarInfo, rel: str, target: str) -> None:
         link = m.linkname
         if not link or "\x00" in link or link.startswith("/"):
-            raise ExtractError(f"symlink {rel!r} -> {link!r} points outside the environment (absolute)")
+            raise ExtractError(f"symlink {_q(rel)} -> {_q(link)} points outside the environment (absolute)")
         resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), link))
         if resolved == ".." or resolved.startswith("../"):
-            raise ExtractError(f"symlink {rel!r} -> {link!r} points outside the environment")
+            raise ExtractError(f"symlink {_q(rel)} -> {_q(link)} points outside the environment")
         os.symlink(link, target)
         self._symlinks.add(rel)
         self.stats.symlinks += 1
@@ -389,7 +438,7 @@ class Extractor:
     def _hardlink(self, m: tarfile.TarInfo, rel: str, target: str) -> None:
         source = _clean_name(m.linkname)
         if source not in self._files:
-            raise ExtractError(f"hardlink {rel!r} -> {m.linkname!r} does not point to a regular file "
+            raise ExtractError(f"hardlink {_q(rel)} -> {_q(m.linkname)} does not point to a regular file "
                                "extracted earlier from this archive")
         self._hardlinks.append((rel, source))
         self._files.add(rel)
@@ -401,4 +450,4 @@ class Extractor:
         for rel in sorted(self._symlinks):
             real = os.path.realpath(self.root / rel)
             if real != root and not real.startswith(root + os.sep):
-                raise ExtractError(f"symlink {rel!r} resolves to {real}, outside the environment")
+                raise ExtractError(f"symlink {_q(rel)} resolves to {real}, outside the environment")

@@ -4,6 +4,9 @@ Warm path (env ready): read the manifest (from the volume's cache when pinned), 
 the tree's stamp, register "in use": a few small files, no hashing, no network when pinned.
 Cold path: under the env's lease, download (parallel, resumable) while extracting the same bytes
 into the final directory, check every part and the whole archive, relocate, write the marker last.
+A committed env is immutable: a manifest with the same ``env_id`` and another archive digest uses the
+committed env as it is (both digests logged), before the lease and again under it; it never replaces,
+re-extracts or deletes it (a live worker may run from it).
 Heavy modules (urllib, zstandard, tarfile) are imported only on the paths that need them.
 """
 
@@ -143,14 +146,34 @@ def install(config: Config, on_layout: Callable[[Layout], None] = lambda _: None
 
     env_dir = destination(manifest.dest_prefix, layout.env_dir(manifest.env_id))
     in_use = _register(layout, manifest.env_id)
-    path = commit_phase.ready_path(layout, manifest)
+    path, note = _ready(layout, manifest)
     if path is not None:
         log.info("env %s is ready at %s: nothing to download", manifest.env_id, path)
-        return Result(manifest.env_id, path, volume, warm=True, seconds=time.monotonic() - t0, in_use=in_use)
+        return Result(manifest.env_id, path, volume, warm=True, seconds=time.monotonic() - t0, in_use=in_use,
+                      stats=note)
     result = _cold(config, layout, manifest, env_dir)
     result.in_use = in_use
     result.seconds = time.monotonic() - t0
     return result
+
+
+def _ready(layout: Layout, manifest: Manifest) -> tuple[Path | None, dict[str, Any]]:
+    """The committed env this manifest names, if any: its own archive's, or one committed from another
+    archive of the same env_id, used as it is (an env_id names one environment, and a committed env
+    is never changed in place). The second value notes that case for the ready line."""
+    path = commit_phase.ready_path(layout, manifest)
+    if path is not None:
+        return path, {}
+    found = commit_phase.committed(layout, manifest.env_id)
+    if found is None:
+        return None, {}
+    path, digest = found
+    log.warning("env %s is already committed at %s from archive sha256 %s; this manifest names archive "
+                "sha256 %s. Using the committed env as it is: a committed env is never changed. To "
+                "install the other archive, give it its own env_id (re-pack it), or remove %s once no "
+                "worker runs from it", manifest.env_id, path, digest, manifest.archive.sha256,
+                layout.marker(manifest.env_id))
+    return path, {"committed_archive_sha256": digest, "manifest_archive_sha256": manifest.archive.sha256}
 
 
 def _register(layout: Layout, env_id: str) -> InUse | None:
@@ -181,10 +204,10 @@ def _cold(config: Config, layout: Layout, manifest: Manifest, env_dir: Path) -> 
                                  "raise BOOTSTRAP_WAIT_TIMEOUT, or check that installer's log") from None
     waited = time.monotonic() - t_wait
     try:
-        path = commit_phase.ready_path(layout, manifest)
+        path, note = _ready(layout, manifest)
         if path is not None:
             log.info("another installer finished %s while we waited %.1f s", manifest.env_id, waited)
-            return Result(manifest.env_id, path, layout.root, waited_s=waited)
+            return Result(manifest.env_id, path, layout.root, waited_s=waited, stats=note)
         downloaded, stats = _install_locked(config, layout, manifest, env_dir, lease)
     finally:
         lease.release()
@@ -247,14 +270,15 @@ def _check_space(config: Config, layout: Layout, manifest: Manifest, env_dir: Pa
     from . import gc
 
     need = preflight.needed_bytes(manifest.archive.size, manifest.unpacked_size,
-                                  preflight.downloaded_bytes(layout.download_dir(manifest.env_id)))
+                                  preflight.downloaded_bytes(layout.download_dir(manifest.env_id)),
+                                  manifest.file_count)
     try:
-        preflight.check_space(env_dir.parent, need)
+        preflight.check_space(env_dir.parent, need, layout.root)
     except BootstrapError:
         removed = gc.collect(layout, config.keep_envs, manifest.env_id, config.lease_ttl_s)
         if not removed:
             raise
-        preflight.check_space(env_dir.parent, need)
+        preflight.check_space(env_dir.parent, need, layout.root)
 
 
 def _extract_verified(layout: Layout, manifest: Manifest, env_dir: Path, downloads: Any, lease: Lease,
@@ -267,7 +291,8 @@ def _extract_verified(layout: Layout, manifest: Manifest, env_dir: Path, downloa
     for round_ in range(1, MAX_EXTRACT_ROUNDS + 1):
         install_id = commit_phase.new_install_id(env_dir)
         stream = ArchiveStream(downloads)
-        extractor = Extractor(env_dir, check=lease.check, keep={INSTALL_ID_FILE})
+        extractor = Extractor(env_dir, check=lease.check, keep={INSTALL_ID_FILE},
+                              max_bytes=manifest.unpacked_size)
         reporter.extractor = extractor
         try:
             with Phase("extract"):

@@ -86,7 +86,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a damaged or hostile file reads as absent
         return None
     return data if isinstance(data, dict) else None
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import reprlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ COMPRESSION = "zstd"
 # GitHub refuses release assets of 2 GiB and more (exactly 2 GiB is reported to fail).
 GITHUB_ASSET_LIMIT = 2 * 1024**3
 HASH_CHUNK = 1 << 20
+_MAX_ISSUES = 20  # listed in one error; the rest are counted
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]{16,128}")
@@ -45,6 +47,16 @@ _PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,200}")
 
 class ManifestError(ValueError):
     """The manifest is unreadable, of an unknown format, or inconsistent. The message lists every issue."""
+
+
+# Values quoted in messages: bounded in length and depth (a hostile manifest must not make a 10 MB
+# error line, or one that recursion cannot print).
+_QUOTE = reprlib.Repr()
+_QUOTE.maxlevel, _QUOTE.maxstring, _QUOTE.maxother, _QUOTE.maxlist, _QUOTE.maxdict = 2, 80, 80, 4, 4
+
+
+def quote(value: Any) -> str:
+    return _QUOTE.repr(value)
 
 
 @dataclass(frozen=True)
@@ -135,21 +147,25 @@ def parse_manifest(data: bytes | str) -> Manifest:
     """Parse and validate manifest text. Collects every issue before raising one ManifestError."""
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer past Python's 4300-digit limit
         raise ManifestError(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:
+        # json nests one C stack frame per level: "[" * 100000 exhausts it. No manifest nests.
+        raise ManifestError("manifest is not a manifest: its JSON nests deeper than the parser can "
+                            "follow") from None
     if not isinstance(doc, dict):
         raise ManifestError("manifest must be a JSON object")
     fmt = doc.get("format")
     if fmt != FORMAT or isinstance(fmt, bool):
         raise ManifestError(
-            f"unknown manifest format {fmt!r}: this installer reads format {FORMAT}; "
+            f"unknown manifest format {quote(fmt)}: this installer reads format {FORMAT}; "
             "use an installer built for that artifact"
         )
 
     issues: list[str] = []
     env_id = doc.get("env_id")
     if not (isinstance(env_id, str) and _HEX.fullmatch(env_id)):
-        issues.append(f"env_id must be 16-128 lowercase hex characters, got {env_id!r}")
+        issues.append(f"env_id must be 16-128 lowercase hex characters, got {quote(env_id)}")
 
     archive = _parse_archive(doc.get("archive"), issues)
     parts = _parse_parts(doc.get("parts"), issues)
@@ -159,12 +175,14 @@ def parse_manifest(data: bytes | str) -> Manifest:
             issues.append(f"parts add up to {total} bytes but archive.size is {archive.size}")
     for key in ("unpacked_size", "file_count"):
         if key in doc and not _is_count(doc[key]):
-            issues.append(f"{key} must be a non-negative integer, got {doc[key]!r}")
+            issues.append(f"{key} must be a non-negative integer, got {quote(doc[key])}")
     for key in ("prefix", "dest_prefix"):
         if doc.get(key) is not None and not (isinstance(doc[key], str) and doc[key].startswith("/")):
-            issues.append(f"{key} must be an absolute path, got {doc[key]!r}")
+            issues.append(f"{key} must be an absolute path, got {quote(doc[key])}")
     if issues:
-        raise ManifestError("invalid manifest: " + "; ".join(issues))
+        shown = issues[:_MAX_ISSUES] + ([f"and {len(issues) - _MAX_ISSUES} more"]
+                                        if len(issues) > _MAX_ISSUES else [])
+        raise ManifestError("invalid manifest: " + "; ".join(shown))
 
     extra = {k: v for k, v in doc.items() if k not in ("format", "env_id", "archive", "parts")}
     assert archive is not None and isinstance(env_id, str)
@@ -181,13 +199,14 @@ def _parse_archive(raw: Any, issues: list[str]) -> Archive | None:
         return None
     ok = True
     if raw.get("compression") != COMPRESSION:
-        issues.append(f"archive.compression must be {COMPRESSION!r}, got {raw.get('compression')!r}")
+        issues.append(f"archive.compression must be {COMPRESSION!r}, got {quote(raw.get('compression'))}")
         ok = False
     if not _is_count(raw.get("size")):
-        issues.append(f"archive.size must be a non-negative integer, got {raw.get('size')!r}")
+        issues.append(f"archive.size must be a non-negative integer, got {quote(raw.get('size'))}")
         ok = False
     if not (isinstance(raw.get("sha256"), str) and _HEX64.fullmatch(raw["sha256"])):
-        issues.append(f"archive.sha256 must be 64 lowercase hex characters, got {raw.get('sha256')!r}")
+        issues.append(f"archive.sha256 must be 64 lowercase hex characters, "
+                      f"got {quote(raw.get('sha256'))}")
         ok = False
     return Archive(raw["compression"], raw["size"], raw["sha256"]) if ok else None
 
@@ -206,22 +225,22 @@ def _parse_parts(raw: Any, issues: list[str]) -> list[Part]:
         name, size, digest = item.get("name"), item.get("size"), item.get("sha256")
         bad = False
         if not (isinstance(name, str) and _PART_NAME.fullmatch(name) and ".." not in name):
-            issues.append(f"{where}.name must be a plain file name (no '/', no '..'), got {name!r}")
+            issues.append(f"{where}.name must be a plain file name (no '/', no '..'), got {quote(name)}")
             bad = True
         elif name in seen:
-            issues.append(f"{where}.name {name!r} is used twice")
+            issues.append(f"{where}.name {quote(name)} is used twice")
             bad = True
         elif name == MANIFEST_NAME:
             issues.append(f"{where}.name may not be {MANIFEST_NAME!r}")
             bad = True
         if not _is_count(size):
-            issues.append(f"{where}.size must be a non-negative integer, got {size!r}")
+            issues.append(f"{where}.size must be a non-negative integer, got {quote(size)}")
             bad = True
         elif size >= GITHUB_ASSET_LIMIT:
             issues.append(f"{where}.size {size} is not below the 2 GiB release-asset limit")
             bad = True
         if not (isinstance(digest, str) and _HEX64.fullmatch(digest)):
-            issues.append(f"{where}.sha256 must be 64 lowercase hex characters, got {digest!r}")
+            issues.append(f"{where}.sha256 must be 64 lowercase hex characters, got {quote(digest)}")
             bad = True
         if not bad:
             seen.add(name)

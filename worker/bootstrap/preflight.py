@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 from pathlib import Path
 
 from .errors import BootstrapError
@@ -22,11 +23,28 @@ log = logging.getLogger("preflight")
 # Unpacked size when the manifest does not say: zstd on an env is ~0.2-0.3 of the tar.
 _UNPACKED_GUESS = 5
 _MARGIN = 1.05
+_BLOCK = 4096  # the allocation unit of ext4, xfs and tmpfs pages
 
 
 def choose_volume(volume: Path, fallback: str, container_dir: Path) -> Path:
-    if volume.is_dir():
-        return volume
+    """The volume when it is a directory; when nothing is there, the container disk (loudly) or a
+    failure by policy. Something that is there but is no directory (a regular file, a path through
+    one, an unreadable mount) is a mistake to fix, never a reason to move the install elsewhere."""
+    try:
+        info = os.stat(volume)
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise BootstrapError("preflight", f"volume {volume} cannot be examined: {exc.strerror or exc}",
+                             "point --volume / RUNPOD_VOLUME at the volume's mount directory (RunPod: "
+                             "/runpod-volume) and check its permissions") from None
+    if info is not None:
+        if stat.S_ISDIR(info.st_mode):
+            return volume
+        raise BootstrapError("preflight", f"volume {volume} is not a directory (it is a "
+                             f"{_kind(info.st_mode)})",
+                             "point --volume / RUNPOD_VOLUME at the volume's mount directory (RunPod: "
+                             "/runpod-volume), not at a file")
     if fallback == "fail":
         raise BootstrapError("preflight", f"volume {volume} does not exist",
                              "attach a network volume to the endpoint (mounted at /runpod-volume), or "
@@ -57,9 +75,22 @@ def check_writable(layout: Layout) -> None:
                              "mount the volume read-write, or check its permissions and free space") from None
 
 
-def needed_bytes(archive_size: int, unpacked_size: int | None, downloaded: int) -> int:
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISREG, "regular file"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def needed_bytes(archive_size: int, unpacked_size: int | None, downloaded: int,
+                 file_count: int | None = None) -> int:
+    """Room for the parts still to download and the extracted env. Every member also takes at least a
+    block of its own beyond its bytes (an env of 37k small files: ~100 MB more than its bytes), so the
+    manifest's file_count adds a block each: without it, an honest manifest could pass here and then
+    fill the disk mid-extraction, start after start."""
     unpacked = unpacked_size if unpacked_size is not None else archive_size * _UNPACKED_GUESS
-    return int((archive_size - downloaded + unpacked) * _MARGIN)
+    return int((archive_size - downloaded + unpacked + (file_count or 0) * _BLOCK) * _MARGIN)
 
 
 def free_bytes(path: Path) -> int:
@@ -68,14 +99,15 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def check_space(where: Path, need: int) -> None:
+def check_space(where: Path, need: int, volume: Path | None = None) -> None:
+    """``where``: the directory the env goes to; ``volume``: the volume root (what doctor reads)."""
     free = free_bytes(where)
     if free < need:
         raise BootstrapError(
             "preflight", f"not enough free space on {where}: need {need / 1e9:.2f} GB "
             f"(parts + unpacked env), have {free / 1e9:.2f} GB",
             "grow the network volume, or remove old envs (`python -m worker.bootstrap doctor --volume "
-            f"{where}` lists them; BOOTSTRAP_KEEP_ENVS lowers how many are kept)")
+            f"{volume or where}` lists them; BOOTSTRAP_KEEP_ENVS lowers how many are kept)")
     log.info("free space on %s: %.2f GB, need %.2f GB", where, free / 1e9, need / 1e9)
 
 

@@ -27,6 +27,10 @@ class EngineError(ValueError):
     """A bad input that reached the engine; the message names the field and why."""
 
 
+class DeviceError(EngineError):
+    """The GPU the configuration asks for is not there: a fresh container may have one."""
+
+
 @dataclass(frozen=True)
 class Word:
     word: str
@@ -70,7 +74,8 @@ def pick_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise EngineError("config: WORKER_DEVICE=cuda but no CUDA device is visible; use auto or cpu")
+        raise DeviceError("WORKER_DEVICE=cuda but no CUDA device is visible (torch.cuda.is_available() is "
+                          "False); use auto or cpu to run without one")
     return name
 
 
@@ -114,7 +119,8 @@ class Engine:
         self.device = device
 
     @classmethod
-    def load(cls, config: WorkerConfig) -> Engine:
+    def load(cls, config: WorkerConfig, paths: dict[str, object] | None = None) -> Engine:
+        """Loads every model; ``paths`` are ``resolve_models(config)``'s (resolved here when None)."""
         from worker import tts
         from worker.asr import WhisperX
 
@@ -124,7 +130,7 @@ class Engine:
 
         device = pick_device(config.device)
         started = time.monotonic()
-        paths = resolve_models(config)
+        paths = resolve_models(config) if paths is None else paths
         go_offline()
         _use_nltk_dir(config)
         dtype = tts._resolve_dtype(config.f5_dtype, device)

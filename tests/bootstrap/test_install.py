@@ -249,6 +249,17 @@ def test_doctor(tmp_path: Path, server: Server, artifact: Artifact) -> None:
     assert run_bootstrap("doctor", "--volume", str(tmp_path / "nope")).code == 22
 
 
+def test_doctor_shows_parts_kept_on_the_volume(tmp_path: Path, server: Server, artifact: Artifact) -> None:
+    vol = tmp_path / "vol"
+    assert run_bootstrap(*_args(server, vol), env=Placement("parts", tmp_path).env()).code == 0
+    doc = json.loads(run_bootstrap("doctor", "--volume", str(vol), "--json").stdout)
+    assert doc["envs"] == []  # no tree on the volume
+    [kept] = doc["parts"]
+    assert kept["env_id"] == artifact.env_id and kept["bytes"] == artifact.manifest.archive.size
+    text = run_bootstrap("doctor", "--volume", str(vol)).stdout
+    assert "envs kept as parts (placement parts): 1" in text
+
+
 def test_gc_keeps_n_and_never_one_in_use(tmp_path: Path, server: Server, placement: Placement) -> None:
     vol = tmp_path / "vol"
     vol.mkdir()

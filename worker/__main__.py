@@ -11,7 +11,7 @@ A failure before 5 logs one line naming the phase, the cause and the remedy (wor
 where a job queue is there (on RunPod, or runpod's local API), the worker stays up and answers every
 job with that line as its ``{"error"}`` (asking to be replaced after the job where a fresh container could
 help, a CUDA fault), instead of exiting into RunPod's restart loop with the jobs waiting unanswered.
-Without a queue (a plain local run) it exits non-zero: 2 for a configuration error, else 1.
+Without a queue (a plain local run) it exits non-zero: 2 for a variable or a model spec, else 1.
 """
 
 from __future__ import annotations

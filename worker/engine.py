@@ -255,20 +255,27 @@ def resolve_models(config: WorkerConfig) -> dict[str, object]:
     from importlib.resources import files
     from pathlib import Path
 
-    from worker.models import resolve
+    from worker import model_files
+    from worker.config import WHISPERX_DEFAULT
+    from worker.models import resolve, whisperx_align_default
 
-    def get(spec: str, var: str) -> Path:
-        return resolve(spec, config.models_dir, var, token=config.hf_token)
+    def get(spec: str, var: str, needs: model_files.ModelFiles):
+        # Only the files each model's loader reads are fetched (worker/model_files.py).
+        return resolve(spec, config.models_dir, var, token=config.hf_token, needs=needs,
+                       torchaudio_url=config.torchaudio_url)
 
     paths: dict[str, object] = {
-        "ckpt": _ckpt_file(get(config.f5_ckpt, "F5_CKPT")),
-        "vocab": (_vocab_file(get(config.f5_vocab, "F5_VOCAB")) if config.f5_vocab
+        "ckpt": _ckpt_file(get(config.f5_ckpt, "F5_CKPT", model_files.F5_CHECKPOINT)),
+        "vocab": (_vocab_file(get(config.f5_vocab, "F5_VOCAB", model_files.F5_VOCAB)) if config.f5_vocab
                   else Path(str(files("f5_tts").joinpath("infer/examples/vocab.txt")))),
-        "vocoder": get(config.f5_vocoder, "F5_VOCODER"),
-        "whisper": get(config.whisper_model, "WHISPER_MODEL"),
+        "vocoder": get(config.f5_vocoder, "F5_VOCODER", model_files.VOCOS),
+        "whisper": get(config.whisper_model, "WHISPER_MODEL", model_files.WHISPER),
     }
     for lang, spec in config.align_models.items():
-        paths[f"align:{lang}"] = get(spec, f"ALIGN_MODELS[{lang}]")
+        var = f"ALIGN_MODELS[{lang}]"
+        if spec == WHISPERX_DEFAULT:
+            spec = whisperx_align_default(lang, var)
+        paths[f"align:{lang}"] = get(spec, var, model_files.WAV2VEC2)
     return paths
 
 

@@ -24,8 +24,9 @@ from typing import Any
 
 log = logging.getLogger("worker")
 
-# Exit codes when nobody is there to answer (a local run without runpod's API): as before this module.
-EXIT_CONFIG = 2
+# Exit codes when nobody is there to answer (a local run without runpod's API): 2 for what the user can
+# fix (a variable, a model spec), 1 for the rest.
+EXIT_USER = 2
 EXIT_OTHER = 1
 
 _REMEDIES = {
@@ -59,7 +60,7 @@ class StartupFailure:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CONFIG if self.phase == "config" else EXIT_OTHER
+        return EXIT_USER if self.expected else EXIT_OTHER
 
     def job_output(self) -> dict[str, Any]:
         """A new dict per job (the SDK pops fields off what a handler returns)."""

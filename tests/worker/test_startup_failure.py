@@ -224,6 +224,7 @@ def test_a_local_run_without_a_queue_exits_with_the_phase_code(monkeypatch, capl
     monkeypatch.delenv("RUNPOD_REALTIME_PORT", raising=False)
     served: list = []
     assert startup.fail(ConfigError("config: F5_DTYPE='x' is bad"), "config", served.append) == 2
-    assert startup.fail(ModelError("models: F5_CKPT: gone"), "models", served.append) == 1
+    assert startup.fail(ModelError("models: F5_CKPT: gone"), "models", served.append) == 2
+    assert startup.fail(KeyError("bug"), "load", served.append) == 1
     assert served == []
     assert "worker startup failed in config: F5_DTYPE='x' is bad (remedy: " in caplog.text

@@ -81,8 +81,15 @@ def _passthrough_class() -> type:
             times = {"st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns, "st_ctime": st.st_ctime_ns}
             return attrs | times
 
-        def readdir(self, path: str, fh: int) -> list[str]:
-            return [".", "..", *os.listdir(self._full(path))]
+        def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+            # With use_ino the kernel sees each entry's inode number; a name alone would carry inode 0,
+            # which readdir(3) treats as a deleted entry and skips.
+            full = self._full(path)
+            parent = os.path.dirname(full) if path != "/" else full
+            entries = [(".", os.lstat(full)), ("..", os.lstat(parent))]
+            with os.scandir(full) as it:
+                entries += [(e.name, e.stat(follow_symlinks=False)) for e in it]
+            return [(name, {"st_mode": st.st_mode, "st_ino": st.st_ino}, 0) for name, st in entries]
 
         def readlink(self, path: str) -> str:
             return os.readlink(self._full(path))

@@ -58,9 +58,11 @@ def probe_dir(directory: Path, files: int = PROBE_FILES) -> float:
     scratch = directory / f".placement-probe-{secrets.token_hex(4)}"
     scratch.mkdir(parents=True)
     times: list[float] = []
+    made: list[Path] = []
     try:
         for i in range(files):
             path = scratch / f"f{i:03d}"
+            made.append(path)
             t0 = time.perf_counter()
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
@@ -70,9 +72,9 @@ def probe_dir(directory: Path, files: int = PROBE_FILES) -> float:
             os.stat(path)
             times.append(time.perf_counter() - t0)
     finally:
-        for entry in scratch.iterdir():
+        for path in made:
             with contextlib.suppress(OSError):
-                entry.unlink()
+                path.unlink()
         with contextlib.suppress(OSError):
             scratch.rmdir()
     return 1000 * statistics.median(times)

@@ -105,9 +105,12 @@ def choose(mode: str, volume: Layout, local: Layout) -> Decision:
     if recorded is not None:
         log.info("placement %s, recorded in %s: %s", recorded.mode, volume.placement_file, recorded.reason)
         return recorded
+    from . import preflight
+
+    preflight.check_writable(volume)  # a read-only or full volume fails as it always did, in preflight
+    preflight.check_writable(local)
     try:
         volume_ms = probe_dir(volume.root)
-        local.root.mkdir(parents=True, exist_ok=True)
         local_ms = probe_dir(local.root)
     except OSError as exc:
         raise BootstrapError("placement", f"could not measure {volume.root} or {local.root}: "

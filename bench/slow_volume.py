@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -87,10 +86,14 @@ def import_time(env_dir: Path) -> float:
     return took
 
 
+def remove(*paths: Path) -> None:
+    """rm -rf: several times faster than shutil.rmtree on a tree of 70k files."""
+    subprocess.run(["rm", "-rf", "--", *map(str, paths)], check=False)
+
+
 def one_round(url: str, kind: float | None, mode: str, work: Path) -> dict[str, float]:
     backing, mount = work / "volume-backing", work / "volume-mount"
-    for path in (backing, work / "container-a", work / "container-b"):
-        shutil.rmtree(path, ignore_errors=True)
+    remove(backing, work / "container-a", work / "container-b")
     out: dict[str, float] = {}
     with volume_at(kind, backing, mount) as vol:
         out["cold"], ready = bootstrap(url, vol, work / "container-a", mode)
@@ -110,7 +113,7 @@ def one_round(url: str, kind: float | None, mode: str, work: Path) -> dict[str, 
 
 def probe(kind: float | None, work: Path) -> placement.Decision:
     backing, mount = work / "probe-backing", work / "probe-mount"
-    shutil.rmtree(backing, ignore_errors=True)
+    remove(backing)
     local = work / "probe-local"
     with volume_at(kind, backing, mount) as vol:
         return placement.choose("auto", Layout(vol), Layout(local))
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                             skip.add(key)
     finally:
         if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+            remove(work)
     print(report(rounds))
     return 0
 

@@ -76,6 +76,23 @@ def test_new_container_downloads_nothing(tmp_path: Path, server: Server, artifac
             p.name for p in artifact.manifest.parts)
 
 
+def test_switching_placement_downloads_nothing(tmp_path: Path, server: Server, artifact: Artifact) -> None:
+    """The volume holds the env in one form; a start with the other placement uses it as it is: parts are
+    extracted onto the volume without a download, and a tree on the volume is run from there."""
+    vol = tmp_path / "vol"
+    parts, volume = Placement("parts", tmp_path), Placement("volume", tmp_path)
+    assert run_bootstrap(*_args(server, vol), env=parts.env("c1")).code == 0
+    served = server.bytes_served
+    run = run_bootstrap(*_args(server, vol), env=volume.env("c2"))
+    assert run.code == 0 and run.result["downloaded_bytes"] == 0, run.stderr
+    assert run.result["path"] == str(vol / "envs" / artifact.env_id)
+    assert_tree_matches(vol / "envs" / artifact.env_id, artifact.files)
+    assert (vol / "parts" / f"{artifact.env_id}.ready.json").is_file()  # still kept for other containers
+    again = run_bootstrap(*_args(server, vol), env=parts.env("c3"))  # a new container, parts placement
+    assert again.code == 0 and again.result["warm"] and again.result["placement"] == "volume"
+    assert server.bytes_served - served == 2 * len(artifact.manifest_path.read_bytes())
+
+
 def test_warm_start_pinned_needs_no_network(tmp_path: Path, server: Server, artifact: Artifact,
                                             placement: Placement) -> None:
     vol = tmp_path / "vol"

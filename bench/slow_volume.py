@@ -125,15 +125,20 @@ def label(kind: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--manifest", type=Path, required=True, help="a release manifest.json")
-    p.add_argument("--work", type=Path, required=True, help="scratch directory on local disk")
+    p.add_argument("--manifest", type=Path, help="a release manifest.json (required unless --report)")
+    p.add_argument("--work", type=Path, help="scratch directory on local disk (required unless --report)")
     p.add_argument("--delays", type=float, nargs="+", default=[0.0, 1.0, 5.0])
     p.add_argument("--modes", nargs="+", default=["volume", "parts"], choices=["volume", "parts"])
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--max-repeat-s", type=float, default=300.0)
     p.add_argument("--results", type=Path, help="append every round as a JSON line here")
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--report", type=Path, help="only print the tables of a --results file (partial too)")
     args = p.parse_args(argv)
+    if args.report:
+        return print_report(args.report)
+    if args.manifest is None or args.work is None:
+        p.error("--manifest and --work are required")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     kinds: list[float | None] = [None, *args.delays]
@@ -143,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         for kind in kinds:
             decision = probe(kind, work)
             say(f"auto on {label(kind)}: {decision.mode} ({decision.reason})")
-            rounds[(label(kind), "auto probe")] = [{"volume_ms": decision.volume_ms or 0.0,
-                                                    "local_ms": decision.local_ms or 0.0}]
+            probed = {"volume_ms": decision.volume_ms or 0.0, "local_ms": decision.local_ms or 0.0}
+            rounds[(label(kind), "auto probe")] = [probed]
+            if args.results:
+                with open(args.results, "a") as fh:
+                    fh.write(json.dumps({"volume": label(kind), "placement": "auto probe", **probed}) + "\n")
         with ReleaseServer(args.manifest.parent) as server:
             url = server.url(args.manifest.name)
             for r in range(args.repeat):
@@ -166,6 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             remove(work)
+    print(report(rounds))
+    return 0
+
+
+def print_report(results: Path) -> int:
+    rounds: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for line in results.read_text().splitlines():
+        doc = json.loads(line)
+        rounds.setdefault((doc["volume"], doc["placement"]), []).append(doc)
     print(report(rounds))
     return 0
 

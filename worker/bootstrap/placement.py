@@ -12,8 +12,8 @@ importing thousands of them on every start costs minutes; a few large parts cost
 trips, and the container's local disk makes the small files cheap. Where the volume is as fast as a
 local disk, extracting once onto it saves each new container its extraction. The probe is that trade
 in miniature: it creates, checks and removes small files on the volume and on the container disk, as
-extraction does, and takes the median time per file on each. The thresholds come from the figures in
-docs/installer.md ("Placement").
+extraction does, one on each in turn (so a burst of load elsewhere hits both alike), and takes the median
+time per file on each. The thresholds come from the figures in docs/installer.md ("Placement").
 """
 
 from __future__ import annotations
@@ -33,9 +33,12 @@ from .layout import Layout
 
 log = logging.getLogger("placement")
 
-PROBE_FILES = 24
-# "parts" once a small file costs this much on the volume (median, create + write + close)...
-PARTS_MIN_MS = 0.5
+PROBE_FILES = 32
+# "parts" once a small file costs this much on the volume (median, create + write + close + stat): a
+# local disk takes 0.02-0.1 ms here, the FUSE passthrough 0.4-0.5 ms at 0 ms per operation (where
+# "volume" still wins for new workers) and 8-13 ms at 1 ms per operation (where "volume" takes 10x as
+# long on the first start)...
+PARTS_MIN_MS = 2.0
 # ...and this many times what it costs on the container disk: below either, the volume is as good as
 # local for this work and extracting once onto it is cheaper than extracting in every container.
 PARTS_RATIO = 8.0
@@ -53,31 +56,35 @@ class Decision:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def probe_dir(directory: Path, files: int = PROBE_FILES) -> float:
-    """Median milliseconds to create, write, close and stat one small file in ``directory``."""
-    scratch = directory / f".placement-probe-{secrets.token_hex(4)}"
-    scratch.mkdir(parents=True)
-    times: list[float] = []
+def probe(volume_dir: Path, local_dir: Path, files: int = PROBE_FILES) -> tuple[float, float]:
+    """Median milliseconds to create, write, close and stat one small file in each directory, the two
+    measured in turn."""
+    scratch = [d / f".placement-probe-{secrets.token_hex(4)}" for d in (volume_dir, local_dir)]
+    times: tuple[list[float], list[float]] = ([], [])
     made: list[Path] = []
     try:
+        for d in scratch:
+            d.mkdir(parents=True)
         for i in range(files):
-            path = scratch / f"f{i:03d}"
-            made.append(path)
-            t0 = time.perf_counter()
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                os.write(fd, b"placement probe\n")
-            finally:
-                os.close(fd)
-            os.stat(path)
-            times.append(time.perf_counter() - t0)
+            for d, samples in zip(scratch, times, strict=True):
+                path = d / f"f{i:03d}"
+                made.append(path)
+                t0 = time.perf_counter()
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    os.write(fd, b"placement probe\n")
+                finally:
+                    os.close(fd)
+                os.stat(path)
+                samples.append(time.perf_counter() - t0)
     finally:
         for path in made:
             with contextlib.suppress(OSError):
                 path.unlink()
-        with contextlib.suppress(OSError):
-            scratch.rmdir()
-    return 1000 * statistics.median(times)
+        for d in scratch:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+    return 1000 * statistics.median(times[0]), 1000 * statistics.median(times[1])
 
 
 def decide(volume_ms: float, local_ms: float) -> Decision:
@@ -110,8 +117,7 @@ def choose(mode: str, volume: Layout, local: Layout) -> Decision:
     preflight.check_writable(volume)  # a read-only or full volume fails as it always did, in preflight
     preflight.check_writable(local)
     try:
-        volume_ms = probe_dir(volume.root)
-        local_ms = probe_dir(local.root)
+        volume_ms, local_ms = probe(volume.root, local.root)
     except OSError as exc:
         raise BootstrapError("placement", f"could not measure {volume.root} or {local.root}: "
                              f"{exc.strerror or exc}",

@@ -83,7 +83,7 @@ def classify(exc: BaseException, phase: str) -> StartupFailure:
     from worker.limits import LimitsError
     from worker.models import ModelError
 
-    cause = str(exc).strip() or type(exc).__name__
+    cause = " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever the library wrote
     for prefix in (f"{phase}: ", "config: ", "models: "):  # the messages name their phase: say it once
         cause = cause.removeprefix(prefix)
     if isinstance(exc, ConfigError | LimitsError):

@@ -13,7 +13,7 @@ Checks, all of them, then one line each and a verdict:
              than environment.yml. Until the lock workflow has run there is no conda lock: this
              check fails then, naming the workflow to run.
   contract   the manifest format-1 contract tests pass (tests/test_manifest.py)
-  hub        .runpod/hub.json's MANIFEST_URL default is this repository's latest release
+  hub        .runpod/hub.json's MANIFEST_URL default (and tests.json's) is this repository's latest release
              (https://github.com/<owner>/<repo>/releases/latest/download/manifest.json): an image the
              RunPod Hub builds from the Dockerfile has no baked URL and installs what that default names.
              The repository is $GITHUB_REPOSITORY in CI, else the origin remote; with neither, it is
@@ -41,6 +41,7 @@ PIP_LOCK = "env/requirements.lock"
 ENV_SPEC = "environment.yml"
 CONTRACT_TESTS = "tests/test_manifest.py"
 HUB_JSON = ".runpod/hub.json"
+TESTS_JSON = ".runpod/tests.json"
 LATEST_MANIFEST = "https://github.com/{repo}/releases/latest/download/manifest.json"
 _LATEST_RE = re.compile(r"https://github\.com/([\w.-]+/[\w.-]+)/releases/latest/download/manifest\.json")
 _REMOTE_RE = re.compile(r"github\.com[:/]([\w.-]+/[\w.-]+?)(?:\.git)?/?$")
@@ -198,26 +199,37 @@ def _repository(ctx: Context) -> str | None:
     return match.group(1) if match else None
 
 
-def check_hub(ctx: Context) -> Check:
+def _hub_manifest_urls(ctx: Context) -> dict[str, str | None]:
+    """MANIFEST_URL as hub.json's default and as tests.json's test environment sets it."""
     import json
 
-    path = ctx.root / HUB_JSON
-    if not path.is_file():
+    urls: dict[str, str | None] = {}
+    hub = json.loads((ctx.root / HUB_JSON).read_text())
+    hub_env = {e["key"]: e["input"] for e in hub["config"]["env"]}
+    urls[HUB_JSON] = hub_env.get("MANIFEST_URL", {}).get("default")
+    tests = ctx.root / TESTS_JSON
+    if tests.is_file():
+        env = {e["key"]: e["value"] for e in json.loads(tests.read_text())["config"].get("env", [])}
+        urls[TESTS_JSON] = env.get("MANIFEST_URL")
+    return urls
+
+
+def check_hub(ctx: Context) -> Check:
+    if not (ctx.root / HUB_JSON).is_file():
         return Check("hub", True, f"no {HUB_JSON}: not listed on the RunPod Hub")
     try:
-        env = {e["key"]: e["input"] for e in json.loads(path.read_text())["config"]["env"]}
-        default = env.get("MANIFEST_URL", {}).get("default")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return Check("hub", False, f"cannot read {HUB_JSON}: {exc}", "fix its JSON")
+        urls = _hub_manifest_urls(ctx)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return Check("hub", False, f"cannot read {HUB_JSON} / {TESTS_JSON}: {exc}", "fix their JSON")
     repo = _repository(ctx)
     want = LATEST_MANIFEST.format(repo=repo or "<owner>/<repo>")
-    match = _LATEST_RE.fullmatch(default or "")
-    if match is None or (repo is not None and match.group(1).lower() != repo.lower()):
-        return Check("hub", False, f"{HUB_JSON} has MANIFEST_URL default {default!r}: a Hub-built image "
-                     "would install nothing (or another repository's release)",
-                     f"set that default to {want}")
-    return Check("hub", True, f"Hub images install {default}" + ("" if repo else " (no GitHub remote to "
-                                                                            "compare the owner with)"))
+    for where, url in urls.items():
+        match = _LATEST_RE.fullmatch(url or "")
+        if match is None or (repo is not None and match.group(1).lower() != repo.lower()):
+            return Check("hub", False, f"{where} has MANIFEST_URL {url!r}: a Hub-built image would install "
+                         "nothing (or another repository's release)", f"set it to {want}")
+    unknown = "" if repo else " (no GitHub remote to compare the owner with)"
+    return Check("hub", True, f"Hub images install {urls[HUB_JSON]}{unknown}")
 
 
 def check_tests(ctx: Context) -> Check:

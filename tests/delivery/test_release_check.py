@@ -164,8 +164,7 @@ def test_hub_images_must_install_this_repositorys_latest_release(tmp_path: Path,
     _with_hub(repo, "https://github.com/<owner>/<repo>/releases/latest/download/manifest.json")
     proc = release_check(repo)
     assert proc.returncode == 1 and "FAIL hub:" in proc.stdout
-    assert "set that default to https://github.com/acme/f5-worker/releases/latest/download/manifest.json" \
-        in proc.stdout
+    assert "set it to https://github.com/acme/f5-worker/releases/latest/download/manifest.json" in proc.stdout
     _with_hub(repo, "https://github.com/someone/else/releases/latest/download/manifest.json")
     assert release_check(repo).returncode == 1
     _with_hub(repo, "https://github.com/acme/f5-worker/releases/latest/download/manifest.json")

@@ -11,7 +11,9 @@
 FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
 # The artifact this image is built for (image.yml passes the release's manifest URL and sha256). Both end
-# up as ENV, so `docker run -e MANIFEST_URL=...` (or the RunPod template) overrides them at run time.
+# up as ENV, so `docker run -e MANIFEST_URL=...` (or the RunPod template) overrides them at run time. The
+# RunPod Hub builds this file without build args: its template's MANIFEST_URL (.runpod/hub.json's default,
+# the repository's latest release) is what such an image installs.
 ARG MANIFEST_URL=""
 ARG MANIFEST_SHA256=""
 ARG VERSION=dev

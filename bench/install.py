@@ -117,8 +117,8 @@ def serve(root: Path) -> tuple[ReleaseServer, str]:
 def run_ours(url: str, volume: Path) -> float:
     volume.mkdir(parents=True)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "worker.bootstrap", "--manifest-url",
-                           f"{url}/manifest.json", "--volume", str(volume), "--no-exec"],
+    proc = subprocess.run([sys.executable, "-m", "worker.bootstrap", "--manifest-url", f"{url}/manifest.json",
+                           "--volume", str(volume), "--no-exec", "--placement", "volume"],
                           capture_output=True, text=True, env=child_env())
     took = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -138,7 +138,7 @@ def run_pipeline(url: str, parts: list[str], dest: Path) -> float:
 def warm_start(url: str, volume: Path, repeat: int) -> float:
     """Seconds from process start to exec of the env's bin/python (a shim that exits), median."""
     args = [sys.executable, "-m", "worker.bootstrap", "--manifest-url", f"{url}/manifest.json",
-            "--volume", str(volume)]
+            "--volume", str(volume), "--placement", "volume"]
     sha = hashlib.sha256(subprocess.run(["curl", "-sf", f"{url}/manifest.json"], capture_output=True,
                                         check=True).stdout).hexdigest()
     subprocess.run([*args, "--no-exec", "--manifest-sha256", sha], check=True, capture_output=True,

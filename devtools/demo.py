@@ -190,10 +190,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def container_disk(volume: Path) -> Path:
+    return volume.with_name(volume.name + "-container-disk")
+
+
 def phase_install(manifest_url: str, manifest_sha: str, volume: Path, port: int, worker_env: dict[str, str],
                   note: list[str]) -> Worker:
     env = base_env() | worker_env | {"WORKER_VOLUME": str(volume), "WORKER_DEVICE": "cpu",
-                                     "WORKER_ALLOW_PRIVATE_URLS": "1"}
+                                     "WORKER_ALLOW_PRIVATE_URLS": "1",
+                                     # The container's own disk (placement parts; auto measures it too).
+                                     "BOOTSTRAP_CONTAINER_DIR": str(container_disk(volume))}
     cmd = [sys.executable, "-m", "worker.bootstrap", "--manifest-url", manifest_url,
            "--manifest-sha256", manifest_sha, "--volume", str(volume), "--failure-handler", "off",
            "--", "--rp_serve_api", "--rp_api_port", str(port), "--rp_api_host", "127.0.0.1"]
@@ -341,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             worker.stop()
         if not args.keep_volume:
             shutil.rmtree(volume, ignore_errors=True)
+            shutil.rmtree(container_disk(volume), ignore_errors=True)
     summary.print()
     print(wav)
     return 0

@@ -13,6 +13,11 @@ Checks, all of them, then one line each and a verdict:
              than environment.yml. Until the lock workflow has run there is no conda lock: this
              check fails then, naming the workflow to run.
   contract   the manifest format-1 contract tests pass (tests/test_manifest.py)
+  hub        .runpod/hub.json's MANIFEST_URL default (and tests.json's) is this repository's latest release
+             (https://github.com/<owner>/<repo>/releases/latest/download/manifest.json): an image the
+             RunPod Hub builds from the Dockerfile has no baked URL and installs what that default names.
+             The repository is $GITHUB_REPOSITORY in CI, else the origin remote; with neither, it is
+             only checked to be a GitHub latest-release URL.
   lint+tests `just test` passes (lint, then the whole suite); --skip-tests or --ci skip it: the ci
              workflow has run it on the commit.
 Exit 0 when every check passes, 1 otherwise.
@@ -35,6 +40,11 @@ CONDA_LOCK = "env/conda-linux-64.lock"
 PIP_LOCK = "env/requirements.lock"
 ENV_SPEC = "environment.yml"
 CONTRACT_TESTS = "tests/test_manifest.py"
+HUB_JSON = ".runpod/hub.json"
+TESTS_JSON = ".runpod/tests.json"
+LATEST_MANIFEST = "https://github.com/{repo}/releases/latest/download/manifest.json"
+_LATEST_RE = re.compile(r"https://github\.com/([\w.-]+/[\w.-]+)/releases/latest/download/manifest\.json")
+_REMOTE_RE = re.compile(r"github\.com[:/]([\w.-]+/[\w.-]+?)(?:\.git)?/?$")
 _CONDA_LINE = re.compile(r"\S+#[0-9a-f]{64}")
 
 
@@ -180,6 +190,48 @@ def check_contract(ctx: Context) -> Check:
                 "the manifest format-1 contract is broken: fix worker/bootstrap/manifest.py")
 
 
+def _repository(ctx: Context) -> str | None:
+    import os
+
+    if os.environ.get("GITHUB_REPOSITORY"):
+        return os.environ["GITHUB_REPOSITORY"]
+    match = _REMOTE_RE.search(_git(ctx, "remote", "get-url", "origin").stdout.strip())
+    return match.group(1) if match else None
+
+
+def _hub_manifest_urls(ctx: Context) -> dict[str, str | None]:
+    """MANIFEST_URL as hub.json's default and as tests.json's test environment sets it."""
+    import json
+
+    urls: dict[str, str | None] = {}
+    hub = json.loads((ctx.root / HUB_JSON).read_text())
+    hub_env = {e["key"]: e["input"] for e in hub["config"]["env"]}
+    urls[HUB_JSON] = hub_env.get("MANIFEST_URL", {}).get("default")
+    tests = ctx.root / TESTS_JSON
+    if tests.is_file():
+        env = {e["key"]: e["value"] for e in json.loads(tests.read_text())["config"].get("env", [])}
+        urls[TESTS_JSON] = env.get("MANIFEST_URL")
+    return urls
+
+
+def check_hub(ctx: Context) -> Check:
+    if not (ctx.root / HUB_JSON).is_file():
+        return Check("hub", True, f"no {HUB_JSON}: not listed on the RunPod Hub")
+    try:
+        urls = _hub_manifest_urls(ctx)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return Check("hub", False, f"cannot read {HUB_JSON} / {TESTS_JSON}: {exc}", "fix their JSON")
+    repo = _repository(ctx)
+    want = LATEST_MANIFEST.format(repo=repo or "<owner>/<repo>")
+    for where, url in urls.items():
+        match = _LATEST_RE.fullmatch(url or "")
+        if match is None or (repo is not None and match.group(1).lower() != repo.lower()):
+            return Check("hub", False, f"{where} has MANIFEST_URL {url!r}: a Hub-built image would install "
+                         "nothing (or another repository's release)", f"set it to {want}")
+    unknown = "" if repo else " (no GitHub remote to compare the owner with)"
+    return Check("hub", True, f"Hub images install {urls[HUB_JSON]}{unknown}")
+
+
 def check_tests(ctx: Context) -> Check:
     if ctx.ci or ctx.skip_tests:
         return Check("lint+tests", True, "skipped (" + ("--ci" if ctx.ci else "--skip-tests") + ")")
@@ -190,7 +242,7 @@ def check_tests(ctx: Context) -> Check:
 
 CHECKS: tuple[Callable[[Context], Check], ...] = (
     check_tag, check_version, check_changelog, check_branch, check_clean, check_locks, check_contract,
-    check_tests,
+    check_hub, check_tests,
 )
 
 

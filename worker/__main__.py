@@ -7,8 +7,11 @@ Startup order (nothing takes a job before the models can serve):
 3. Engine.load: F5-TTS + vocoder, WhisperX ASR + the default language's alignment model;
 4. one warm-up inference of each model;
 5. runpod.serverless.start with the job handler (worker/handler.py).
-A failure before 5 logs one line naming the phase and what to do, and exits non-zero, so RunPod marks
-the worker unhealthy instead of leaving it up without models.
+A failure before 5 logs one line naming the phase, the cause and the remedy (worker/failure.py); then,
+where a job queue is there (on RunPod, or runpod's local API), the worker stays up and answers every
+job with that line as its ``{"error"}`` (asking to be replaced after the job where a fresh container could
+help, a CUDA fault), instead of exiting into RunPod's restart loop with the jobs waiting unanswered.
+Without a queue (a plain local run) it exits non-zero: 2 for a variable or a model spec, else 1.
 """
 
 from __future__ import annotations
@@ -17,32 +20,37 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 
-from worker.config import ConfigError, WorkerConfig
-from worker.limits import LimitsError
+from worker.config import WorkerConfig
 
 log = logging.getLogger("worker")
 
 
-def prepare(config: WorkerConfig, *, warmup: bool = True):
-    """Steps 2-4: a warm Engine, ready to serve."""
-    from worker.engine import Engine
+def prepare(config: WorkerConfig, *, warmup: bool = True, on_phase: Callable[[str], None] = lambda _: None):
+    """Steps 2-4: a warm Engine, ready to serve. ``on_phase`` hears each step's name as it starts
+    (models, load, warmup), so a failure can say where it happened."""
+    from worker.engine import Engine, resolve_models
 
     started = time.monotonic()
-    engine = Engine.load(config)  # resolves model files, then takes the process offline
+    on_phase("models")
+    paths = resolve_models(config)  # local paths as they are; pinned hub revisions fetched once
+    on_phase("load")
+    engine = Engine.load(config, paths)  # takes the process offline first
     if warmup:
+        on_phase("warmup")
         engine.warmup()
     log.info("worker: ready in %.1f s (device %s)", time.monotonic() - started, engine.device)
     return engine
 
 
-def job_setup(engine, config: WorkerConfig) -> dict:
-    """Step 5a: the handler and runpod's start config. Job limits are read from the environment here, so a
-    malformed WORKER_* variable fails startup with one line, not the first job. ``start_config`` (not a bare
-    handler) so a GPU fault under the streaming handler still gets the worker replaced (refresh_worker)."""
+def job_setup(engine, config: WorkerConfig, limits=None) -> dict:
+    """Step 5a: the handler and runpod's start config. ``start_config`` (not a bare handler) so a GPU fault
+    under the streaming handler still gets the worker replaced (refresh_worker). ``limits``: the job limits
+    read at step 1 (read from the environment here when None)."""
     from worker.handler import start_config
 
-    return start_config(engine, config)
+    return start_config(engine, config, limits)
 
 
 def serve(engine, config: WorkerConfig, start: dict | None = None) -> None:
@@ -71,27 +79,34 @@ def hold_env() -> None:
 def main() -> int:
     _configure_logging()
     hold_env()
-    phase = "config"
+    phase = ["config"]
     try:
-        config = WorkerConfig.from_env()
-        phase = "models"
-        engine = prepare(config)
-        phase = "handler"
-        start = job_setup(engine, config)
-    except (ConfigError, LimitsError) as exc:
-        log.error("worker: %s (phase %s); fix the variable and restart", exc, phase)
-        return 2
-    except Exception as exc:
-        from worker.engine import EngineError
-        from worker.models import ModelError
+        from worker.limits import JobLimits
 
-        if isinstance(exc, ModelError | EngineError):
-            log.error("worker: %s (phase %s)", exc, phase)
-            return 2
-        log.exception("worker: startup failed in phase %s: %s", phase, exc)
-        return 1
+        # Every variable first (job limits too): a malformed one fails in a second, not after the models.
+        config = WorkerConfig.from_env()
+        limits = JobLimits.from_env(volume=config.volume)
+        engine = prepare(config, on_phase=lambda name: phase.__setitem__(0, name))
+        phase[0] = "handler"
+        start = job_setup(engine, config, limits)
+    except Exception as exc:
+        return fail(exc, phase[0])
     serve(engine, config, start)
     return 0
+
+
+def fail(exc: BaseException, phase: str, serve_failure: Callable | None = None) -> int:
+    """Log the startup failure as one line; answer jobs with it where a queue is there, else exit."""
+    from worker import failure
+
+    found = failure.classify(exc, phase)
+    if not found.expected:  # a bug or a broken environment: the traceback helps
+        log.error("startup failed in %s:", found.phase, exc_info=exc)
+    log.error("%s", found.line)
+    if not failure.answers_jobs():
+        return found.exit_code
+    (serve_failure or failure.serve_queue)(found)
+    return found.exit_code
 
 
 if __name__ == "__main__":

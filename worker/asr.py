@@ -72,8 +72,9 @@ class AlignModel:
 class WhisperX:
     """Warm WhisperX models. `transcribe` returns whisperx's dict result; `align` aligns known segments."""
 
-    def __init__(self, whisper_dir: Path, align_dirs: Mapping[str, Path], default_language: str, device: str,
-                 compute_type: str, batch_size: int, vad: str) -> None:
+    def __init__(self, whisper_dir: Path, align_dirs: Mapping[str, object], default_language: str,
+                 device: str, compute_type: str, batch_size: int, vad: str) -> None:
+        """``align_dirs``: language -> a wav2vec2 directory, or a ``worker.models.TorchaudioModel``."""
         import whisperx
 
         self.device = device
@@ -107,10 +108,17 @@ class WhisperX:
             )
         import whisperx
 
+        from worker.models import TorchaudioModel
+
         log.info("asr: loading the %s alignment model from %s", language, directory)
         with quiet_stdout("whisperx.load_align_model"):
-            model, meta = whisperx.load_align_model(language, self.device, model_name=str(directory),
-                                                    model_cache_only=True)
+            if isinstance(directory, TorchaudioModel):
+                # torch.hub finds the weights already in model_dir (fetched at startup): no download.
+                model, meta = whisperx.load_align_model(language, self.device, model_name=directory.bundle,
+                                                        model_dir=str(directory.model_dir))
+            else:
+                model, meta = whisperx.load_align_model(language, self.device, model_name=str(directory),
+                                                        model_cache_only=True)
         self._align[language] = AlignModel(model, meta)
         return self._align[language]
 

@@ -23,13 +23,17 @@ nothing is downloaded) or a Hugging Face repo id pinned by revision, downloaded 
 | WHISPER_COMPUTE_TYPE | auto | float16 on cuda, int8 on cpu; any CTranslate2 compute type |
 | WHISPER_BATCH_SIZE | 8 | WhisperX batched-inference size |
 | WHISPER_VAD | pyannote | pyannote (the VAD shipped with whisperx) or none (whole clip, 30 s windows) |
-| ALIGN_MODELS | en=hf:facebook/wav2vec2-base-960h@<rev> | lang=spec,... alignment models (dir or hf:) |
+| ALIGN_MODELS | en | alignment languages, `lang` (WhisperX's default model) or `lang=spec`, `,`-separated |
+| ALIGN_TORCHAUDIO_URL | https://download.pytorch.org/torchaudio/models | torchaudio weights' base URL |
 | DEFAULT_LANGUAGE | en | its alignment model loads at startup; others load on first use and stay |
 | NLTK_DATA | <volume>/models/nltk | where WhisperX's sentence splitter looks for punkt_tab |
 | HF_TOKEN | (unset) | only for private repos |
 
 `hf:` specs read `hf:<repo_id>@<revision>[:<file in repo>]`; a revision must be given (a commit hash
-is best) so every worker loads the same bytes.
+is best) so every worker loads the same bytes. `torchaudio:<BUNDLE>` names a torchaudio pipeline bundle
+(WhisperX's defaults for en, fr, de, es, it are such bundles); its weights are fetched once onto the volume.
+An alignment entry without a spec (`ALIGN_MODELS=en,fr`) takes WhisperX 3.8.6's default for the language
+(worker/models.py, ``whisperx_align_default``), resolved at startup.
 """
 
 from __future__ import annotations
@@ -45,12 +49,15 @@ from pathlib import Path
 F5_REPO_REV = "main"
 VOCOS_REV = "main"
 WHISPER_REV = "main"
-W2V2_EN_REV = "main"
+ALIGN_HF_REV = "main"  # the revision of WhisperX's Hugging Face alignment defaults
 
 DEFAULT_F5_CKPT = f"hf:SWivid/F5-TTS@{F5_REPO_REV}:F5TTS_v1_Base/model_1250000.safetensors"
 DEFAULT_VOCODER = f"hf:charactr/vocos-mel-24khz@{VOCOS_REV}"
 DEFAULT_WHISPER = f"hf:Systran/faster-whisper-large-v3@{WHISPER_REV}"
-DEFAULT_ALIGN = f"en=hf:facebook/wav2vec2-base-960h@{W2V2_EN_REV}"
+# An alignment language with no spec: WhisperX's own default model for it (torchaudio bundle or hub repo).
+WHISPERX_DEFAULT = "whisperx"
+DEFAULT_ALIGN = "en"
+DEFAULT_TORCHAUDIO_URL = "https://download.pytorch.org/torchaudio/models"
 
 
 class ConfigError(ValueError):
@@ -89,13 +96,14 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
 
 
 def parse_align_models(raw: str) -> dict[str, str]:
-    """`en=spec,de=spec` -> {"en": spec, ...}; a spec may itself contain '=' only after the first one."""
+    """`en,de=spec` -> {"en": WHISPERX_DEFAULT, "de": spec}; a spec may itself contain '=' only after the
+    first one."""
     out: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in raw.split(","))):
         lang, sep, spec = item.partition("=")
-        if not sep or not lang.strip() or not spec.strip():
-            raise ConfigError(f"config: ALIGN_MODELS item {item!r} is not lang=model")
-        out[lang.strip()] = spec.strip()
+        if not lang.strip() or (sep and not spec.strip()):
+            raise ConfigError(f"config: ALIGN_MODELS item {item!r} is not lang or lang=model")
+        out[lang.strip()] = spec.strip() if sep else WHISPERX_DEFAULT
     return out
 
 
@@ -123,6 +131,7 @@ class WorkerConfig:
     default_language: str = "en"
     nltk_data: Path | None = None
     hf_token: str | None = None
+    torchaudio_url: str = DEFAULT_TORCHAUDIO_URL
 
     @property
     def models_dir(self) -> Path:
@@ -140,7 +149,8 @@ class WorkerConfig:
         if default_language not in align:
             raise ConfigError(
                 f"config: DEFAULT_LANGUAGE={default_language!r} has no alignment model in ALIGN_MODELS "
-                f"(has: {', '.join(sorted(align))}); add {default_language}=<dir or hf:repo@rev>"
+                f"(has: {', '.join(sorted(align))}); add {default_language} (WhisperX's default) or "
+                f"{default_language}=<dir or hf:repo@rev>"
             )
         nltk = env.get("NLTK_DATA", "").strip()
         return cls(
@@ -168,4 +178,5 @@ class WorkerConfig:
             default_language=default_language,
             nltk_data=Path(nltk) if nltk else None,
             hf_token=env.get("HF_TOKEN", "").strip() or None,
+            torchaudio_url=env.get("ALIGN_TORCHAUDIO_URL", "").strip().rstrip("/") or DEFAULT_TORCHAUDIO_URL,
         )

@@ -27,6 +27,10 @@ class EngineError(ValueError):
     """A bad input that reached the engine; the message names the field and why."""
 
 
+class DeviceError(EngineError):
+    """The GPU the configuration asks for is not there: a fresh container may have one."""
+
+
 @dataclass(frozen=True)
 class Word:
     word: str
@@ -72,7 +76,8 @@ def pick_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise EngineError("config: WORKER_DEVICE=cuda but no CUDA device is visible; use auto or cpu")
+        raise DeviceError("WORKER_DEVICE=cuda but no CUDA device is visible (torch.cuda.is_available() is "
+                          "False); use auto or cpu to run without one")
     return name
 
 
@@ -116,7 +121,8 @@ class Engine:
         self.device = device
 
     @classmethod
-    def load(cls, config: WorkerConfig) -> Engine:
+    def load(cls, config: WorkerConfig, paths: dict[str, object] | None = None) -> Engine:
+        """Loads every model; ``paths`` are ``resolve_models(config)``'s (resolved here when None)."""
         from worker import tts
         from worker.asr import WhisperX
 
@@ -126,7 +132,7 @@ class Engine:
 
         device = pick_device(config.device)
         started = time.monotonic()
-        paths = resolve_models(config)
+        paths = resolve_models(config) if paths is None else paths
         go_offline()
         _use_nltk_dir(config)
         dtype = tts._resolve_dtype(config.f5_dtype, device)
@@ -270,20 +276,27 @@ def resolve_models(config: WorkerConfig) -> dict[str, object]:
     from importlib.resources import files
     from pathlib import Path
 
-    from worker.models import resolve
+    from worker import model_files
+    from worker.config import WHISPERX_DEFAULT
+    from worker.models import resolve, whisperx_align_default
 
-    def get(spec: str, var: str) -> Path:
-        return resolve(spec, config.models_dir, var, token=config.hf_token)
+    def get(spec: str, var: str, needs: model_files.ModelFiles):
+        # Only the files each model's loader reads are fetched (worker/model_files.py).
+        return resolve(spec, config.models_dir, var, token=config.hf_token, needs=needs,
+                       torchaudio_url=config.torchaudio_url)
 
     paths: dict[str, object] = {
-        "ckpt": _ckpt_file(get(config.f5_ckpt, "F5_CKPT")),
-        "vocab": (_vocab_file(get(config.f5_vocab, "F5_VOCAB")) if config.f5_vocab
+        "ckpt": _ckpt_file(get(config.f5_ckpt, "F5_CKPT", model_files.F5_CHECKPOINT)),
+        "vocab": (_vocab_file(get(config.f5_vocab, "F5_VOCAB", model_files.F5_VOCAB)) if config.f5_vocab
                   else Path(str(files("f5_tts").joinpath("infer/examples/vocab.txt")))),
-        "vocoder": get(config.f5_vocoder, "F5_VOCODER"),
-        "whisper": get(config.whisper_model, "WHISPER_MODEL"),
+        "vocoder": get(config.f5_vocoder, "F5_VOCODER", model_files.VOCOS),
+        "whisper": get(config.whisper_model, "WHISPER_MODEL", model_files.WHISPER),
     }
     for lang, spec in config.align_models.items():
-        paths[f"align:{lang}"] = get(spec, f"ALIGN_MODELS[{lang}]")
+        var = f"ALIGN_MODELS[{lang}]"
+        if spec == WHISPERX_DEFAULT:
+            spec = whisperx_align_default(lang, var)
+        paths[f"align:{lang}"] = get(spec, var, model_files.WAV2VEC2)
     return paths
 
 

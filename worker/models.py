@@ -1,12 +1,18 @@
-"""Model files: local directories as they are; Hugging Face repos pinned by revision, fetched once.
+"""Model files: local directories as they are; hub repos pinned by revision and torchaudio bundles,
+fetched once onto the volume.
 
-A spec is either a local path (file or directory: used in place, nothing is downloaded) or
-`hf:<repo_id>@<revision>[:<file>]`. A hub spec is downloaded onto the volume once, by one worker at a
-time (worker.bootstrap.lease: the other workers wait and then reuse it), into a temp directory that is
-renamed into place; a marker written last is the only proof of completion. Once every spec is resolved
-the caller sets HF_HUB_OFFLINE=1, so nothing at run time reaches the hub.
+A spec is a local path (file or directory: used in place, nothing is downloaded),
+`hf:<repo_id>@<revision>[:<file>]`, or `torchaudio:<BUNDLE>` (a torchaudio pipeline bundle such as
+WAV2VEC2_ASR_BASE_960H, WhisperX's English aligner). A hub spec is downloaded onto the volume once, by
+one worker at a time (worker.bootstrap.lease: the other workers wait and then reuse it), into a temp
+directory that is renamed into place; a marker written last is the only proof of completion. Only the
+files the model's loader reads are fetched (worker/model_files.py). A bundle's weight file is fetched
+the same way (one worker, temp file, rename) from ALIGN_TORCHAUDIO_URL, to where torch.hub looks for it
+(``model_dir``), so torchaudio loads it without a download. Once every spec is resolved the caller sets
+HF_HUB_OFFLINE=1, so nothing at run time reaches the hub.
 
-Layout: `<volume>/models/hf/<owner>--<name>/<revision>/` + `.complete` (JSON: repo, revision, files).
+Layout: `<volume>/models/hf/<owner>--<name>/<revision>/` + `.complete` (JSON: repo, revision, files);
+`<volume>/models/torchaudio/<weight file>`.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from worker.model_files import ModelFiles
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +53,26 @@ class HubSpec:
         return self.repo_id.replace("/", "--")
 
 
-def parse_spec(spec: str, var: str) -> Path | HubSpec:
+@dataclass(frozen=True)
+class TorchaudioSpec:
+    bundle: str
+
+
+@dataclass(frozen=True)
+class TorchaudioModel:
+    """A torchaudio pipeline bundle whose weights are in ``model_dir`` (torch.hub's cache layout)."""
+
+    bundle: str
+    model_dir: Path
+
+
+def parse_spec(spec: str, var: str) -> Path | HubSpec | TorchaudioSpec:
+    if spec.startswith("torchaudio:"):
+        bundle = spec.removeprefix("torchaudio:")
+        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", bundle):
+            raise ModelError(f"models: {var}={spec!r} is not torchaudio:<BUNDLE> (e.g. "
+                             "torchaudio:WAV2VEC2_ASR_BASE_960H)")
+        return TorchaudioSpec(bundle)
     if spec.startswith("hf:"):
         m = _SPEC.match(spec)
         if not m:
@@ -54,17 +81,33 @@ def parse_spec(spec: str, var: str) -> Path | HubSpec:
     return Path(spec).expanduser()
 
 
-# Downloader signature: (spec, dest_dir, token, endpoint) -> None; the real one is huggingface_hub's.
-Downloader = Callable[[HubSpec, Path, "str | None", "str | None"], None]
+# Downloader signature: (spec, dest_dir, token, endpoint, needs) -> None; the real one is huggingface_hub's.
+Downloader = Callable[[HubSpec, Path, "str | None", "str | None", "ModelFiles | None"], None]
 
 
-def hub_download(spec: HubSpec, dest: Path, token: str | None, endpoint: str | None) -> None:
-    from huggingface_hub import snapshot_download
+def hub_download(spec: HubSpec, dest: Path, token: str | None, endpoint: str | None,
+                 needs: ModelFiles | None = None) -> None:
+    """The spec's file, or the files ``needs`` selects from the repo's listing (all when None)."""
+    import glob
 
-    snapshot_download(
-        repo_id=spec.repo_id, revision=spec.revision, local_dir=str(dest), token=token, endpoint=endpoint,
-        allow_patterns=[spec.filename] if spec.filename else None,
-    )
+    from huggingface_hub import HfApi, snapshot_download
+
+    patterns = [glob.escape(spec.filename)] if spec.filename else None
+    if patterns is None and needs is not None:
+        info = HfApi(endpoint=endpoint, token=token).model_info(spec.repo_id, revision=spec.revision,
+                                                                files_metadata=True)
+        sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
+        try:
+            chosen = needs.select(sorted(sizes))
+        except LookupError as exc:
+            raise ModelError(f"{spec.repo_id}@{spec.revision}: {exc}; point the variable at a {needs.name} "
+                             "model") from None
+        log.info("models: %s@%s: fetching %d of %d files, %.1f of %.1f MB (%s)", spec.repo_id, spec.revision,
+                 len(chosen), len(sizes), sum(sizes[f] for f in chosen) / 1e6, sum(sizes.values()) / 1e6,
+                 ", ".join(chosen))
+        patterns = [glob.escape(f) for f in chosen]
+    snapshot_download(repo_id=spec.repo_id, revision=spec.revision, local_dir=str(dest), token=token,
+                      endpoint=endpoint, allow_patterns=patterns)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -97,9 +140,16 @@ def _target(dest: Path, spec: HubSpec, var: str) -> Path:
 
 
 def resolve(spec: str, models_dir: Path, var: str, *, token: str | None = None, endpoint: str | None = None,
-            download: Downloader = hub_download, wait_s: float | None = 3600.0) -> Path:
-    """The local path of a model spec, downloading a hub spec onto the volume first if needed."""
+            download: Downloader = hub_download, wait_s: float | None = 3600.0,
+            needs: ModelFiles | None = None, torchaudio_url: str | None = None) -> Path | TorchaudioModel:
+    """The local path of a model spec, downloading a hub spec (only the files ``needs`` selects) or a
+    torchaudio bundle's weights onto the volume first if needed."""
     parsed = parse_spec(spec, var)
+    if isinstance(parsed, TorchaudioSpec):
+        from worker.config import DEFAULT_TORCHAUDIO_URL
+
+        base = torchaudio_url or DEFAULT_TORCHAUDIO_URL
+        return resolve_bundle(parsed.bundle, models_dir, var, base, wait_s)
     if isinstance(parsed, Path):
         if not parsed.exists():
             raise ModelError(f"models: {var}={spec!r}: no such file or directory; give an existing local "
@@ -124,15 +174,15 @@ def resolve(spec: str, models_dir: Path, var: str, *, token: str | None = None, 
                  parsed.filename or "all files", dest)
         started = time.monotonic()
         try:
-            download(parsed, tmp, token, endpoint)
+            download(parsed, tmp, token, endpoint, needs)
             lease.check()
             shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's resume bookkeeping
             _fsync_tree(tmp)
             os.replace(tmp, dest)
         except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, ModelError):
-                raise
+            if isinstance(exc, ModelError):  # the repo is not what the variable says it is
+                raise ModelError(f"models: {var}: {exc}") from exc
             raise ModelError(f"models: {var}: downloading {parsed.repo_id}@{parsed.revision} failed: {exc}; "
                              "check the repo id, revision, network and HF_TOKEN") from exc
         _write_marker(dest, parsed)
@@ -156,3 +206,100 @@ def write_punkt_tab(nltk_dir: Path, languages: tuple[str, ...]) -> Path:
             tmp.write_text("")
             os.replace(tmp, lang_dir / name)
     return nltk_dir
+
+
+# -- torchaudio bundles ------------------------------------------------------------------------------
+def bundle_weights(bundle: str, var: str) -> str:
+    """The weight file's path under torchaudio's model URL (what ``bundle.get_model`` downloads)."""
+    import torchaudio
+
+    if bundle not in torchaudio.pipelines.__all__:
+        raise ModelError(f"models: {var}: {bundle!r} is not a torchaudio pipeline bundle; see "
+                         "torchaudio.pipelines (e.g. WAV2VEC2_ASR_BASE_960H)")
+    # torchaudio keeps the file's path on the bundle (private); get_model joins it to its models URL.
+    path = str(getattr(torchaudio.pipelines, bundle)._path)
+    if path.startswith("https://"):
+        raise ModelError(f"models: {var}: bundle {bundle} downloads from {path}, not from torchaudio's "
+                         "model URL; put its weights in a local directory instead")
+    return path
+
+
+def resolve_bundle(bundle: str, models_dir: Path, var: str, base_url: str,
+                   wait_s: float | None = 3600.0) -> TorchaudioModel:
+    model_dir = models_dir / "torchaudio"
+    rel = bundle_weights(bundle, var)
+    target = model_dir / os.path.basename(rel)  # torch.hub's cache name: the URL's basename
+    if target.is_file():
+        return TorchaudioModel(bundle, model_dir)
+    from worker.bootstrap.lease import Lease
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    lease = Lease(model_dir / f"{target.name}.lease", ttl_s=LEASE_TTL_S, heartbeat_s=LEASE_HEARTBEAT_S)
+    lease.acquire(timeout_s=wait_s)
+    try:
+        if target.is_file():
+            log.info("models: %s was downloaded by another worker", bundle)
+            return TorchaudioModel(bundle, model_dir)
+        url = f"{base_url.rstrip('/')}/{rel}"
+        log.info("models: downloading torchaudio bundle %s from %s to %s", bundle, url, target)
+        started = time.monotonic()
+        try:
+            size = _fetch_file(url, target, lease.check)
+        except Exception as exc:
+            raise ModelError(f"models: {var}: downloading torchaudio bundle {bundle} from {url} failed: "
+                             f"{exc}; check the network or ALIGN_TORCHAUDIO_URL") from exc
+        log.info("models: %s ready (%.1f MB) in %.1f s", bundle, size / 1e6, time.monotonic() - started)
+        return TorchaudioModel(bundle, model_dir)
+    finally:
+        lease.release()
+
+
+def _fetch_file(url: str, target: Path, check: Callable[[], None]) -> int:
+    """``url`` -> ``target`` through a partial file (resumed with Range after a dropped connection),
+    fsynced and renamed into place complete. Returns its size."""
+    from worker.bootstrap.fetch import FetchError, RetryPolicy, Transport, read_chunk
+
+    transport = Transport(policy=RetryPolicy(attempts=6, backoff_max_s=10.0))
+    partial = target.with_name(f".{target.name}.partial")
+    attempt = 0
+    while True:
+        have = partial.stat().st_size if partial.exists() else 0
+        try:
+            body = transport.open(url, have)
+            try:
+                with open(partial, "ab" if body.offset == have else "wb") as out:
+                    have = body.offset
+                    while chunk := read_chunk(body):
+                        check()
+                        out.write(chunk)
+                        have += len(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+            finally:
+                body.close()
+            if body.length is not None and have < body.offset + body.length:
+                raise FetchError(f"{url}: short read", retryable=True)
+            break
+        except FetchError as exc:
+            attempt += 1
+            if not transport.policy.should_retry(exc, attempt):
+                raise
+            time.sleep(transport.policy.delay(attempt, exc.retry_after))
+    os.replace(partial, target)
+    return have
+
+
+def whisperx_align_default(language: str, var: str) -> str:
+    """WhisperX 3.8.6's own default alignment model for ``language``, as a spec: its torchaudio bundles
+    (en, fr, de, es, it) or its Hugging Face models (the rest), read from whisperx itself."""
+    from whisperx.alignment import DEFAULT_ALIGN_MODELS_HF, DEFAULT_ALIGN_MODELS_TORCH
+
+    from worker.config import ALIGN_HF_REV
+
+    if language in DEFAULT_ALIGN_MODELS_TORCH:
+        return f"torchaudio:{DEFAULT_ALIGN_MODELS_TORCH[language]}"
+    if language in DEFAULT_ALIGN_MODELS_HF:
+        return f"hf:{DEFAULT_ALIGN_MODELS_HF[language]}@{ALIGN_HF_REV}"
+    known = sorted({*DEFAULT_ALIGN_MODELS_TORCH, *DEFAULT_ALIGN_MODELS_HF})
+    raise ModelError(f"models: {var}: WhisperX has no default alignment model for {language!r} (it has: "
+                     f"{', '.join(known)}); give {language}=<dir or hf:owner/repo@revision>")

@@ -288,8 +288,10 @@ def artifact(server: Server) -> Artifact:
 def bootstrap_env(**over: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("RUNPOD_", "BOOTSTRAP_", "MANIFEST_")) and k != "GITHUB_TOKEN"}
+    # The placement is pinned (auto would measure this machine's disk and could pick either); the
+    # `placement` fixture runs a test in each one.
     env.update(PYTHONPATH=str(ROOT), BOOTSTRAP_LEASE_TTL="3", BOOTSTRAP_PROGRESS_INTERVAL="0.3",
-               BOOTSTRAP_BACKOFF_MAX="0.2", BOOTSTRAP_VOLUME_FALLBACK="fail")
+               BOOTSTRAP_BACKOFF_MAX="0.2", BOOTSTRAP_VOLUME_FALLBACK="fail", BOOTSTRAP_PLACEMENT="volume")
     env.update(over)
     return env
 
@@ -330,3 +332,50 @@ def assert_tree_matches(env_dir: Path, files: dict[str, Any], relocated: bool = 
             assert os.readlink(path) == spec[1], name
         elif spec[0] == "dir":
             assert path.is_dir(), name
+
+
+# -- placements -------------------------------------------------------------------------------------
+@dataclass
+class Placement:
+    """One placement mode for a test: the environment of an installer in a given container (each
+    container has its own disk), and what "ready" means there."""
+
+    mode: str
+    root: Path
+
+    def container(self, name: str = "c0") -> Path:
+        return self.root / "containers" / name
+
+    def env(self, container: str = "c0", **over: str) -> dict[str, str]:
+        return bootstrap_env(BOOTSTRAP_PLACEMENT=self.mode,
+                             BOOTSTRAP_CONTAINER_DIR=str(self.container(container)), **over)
+
+    def ready_path(self, vol: Path, artifact: Artifact, container: str = "c0") -> Path | None:
+        """Where a start in ``container`` would run the env from, if it is ready there without work."""
+        from worker.bootstrap.commit import ready_path
+        from worker.bootstrap.layout import Layout
+
+        if self.mode == "parts":
+            return ready_path(Layout(self.container(container)), artifact.manifest)
+        return ready_path(Layout(vol), artifact.manifest)
+
+    def check_never_broken(self, vol: Path, artifact: Artifact, container: str = "c0") -> bool:
+        """Whatever the volume and the container say is ready is complete and right. Returns whether the
+        env is ready for ``container``."""
+        from worker.bootstrap.layout import Layout
+        from worker.bootstrap.manifest import sha256_file
+        from worker.bootstrap.parts import parts_ready
+
+        layout = Layout(vol)
+        if parts_ready(layout, artifact.manifest):  # committed parts: every one verified
+            for part in artifact.manifest.parts:
+                assert sha256_file(layout.parts_dir(artifact.env_id) / part.name) == part.sha256, part.name
+        path = self.ready_path(vol, artifact, container)
+        if path is not None:
+            assert_tree_matches(path, artifact.files)
+        return path is not None
+
+
+@pytest.fixture(params=["volume", "parts"])
+def placement(request: pytest.FixtureRequest, tmp_path: Path) -> Placement:
+    return Placement(request.param, tmp_path)

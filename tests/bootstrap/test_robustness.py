@@ -20,8 +20,8 @@ from worker.bootstrap.lease import InUse
 
 from .conftest import (
     Artifact,
+    Placement,
     Server,
-    assert_tree_matches,
     bootstrap_env,
     build_tar,
     make_env_artifact,
@@ -37,35 +37,31 @@ def _args(server: Server, vol: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_eight_installers_one_download(tmp_path: Path, server: Server, artifact: Artifact) -> None:
+def test_eight_installers_one_download(tmp_path: Path, server: Server, artifact: Artifact,
+                                       placement: Placement) -> None:
+    """Eight workers (eight containers) start at once on an empty volume: one download."""
     vol = tmp_path / "vol"
     vol.mkdir()
     server.faults.chunk, server.faults.delay_per_chunk = 1000, 0.03  # long enough for all to pile up
-    procs = [spawn_bootstrap(*_args(server, vol)) for _ in range(8)]
+    procs = [spawn_bootstrap(*_args(server, vol), env=placement.env(f"c{i}")) for i in range(8)]
     outs = [p.communicate(timeout=180) for p in procs]
     results = []
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
         results.append(json.loads(out.strip().splitlines()[-1]))
-    assert {r["path"] for r in results} == {str(vol / "envs" / artifact.env_id)}
+    paths = {str(placement.ready_path(vol, artifact, f"c{i}")) for i in range(8)}
+    assert {r["path"] for r in results} == paths and len(paths) == (1 if placement.mode == "volume" else 8)
     size = artifact.manifest.archive.size
     assert sum(r["downloaded_bytes"] for r in results) == size
     manifests = len(artifact.manifest_path.read_bytes()) * 8
     assert server.bytes_served - manifests <= size * 1.05  # about 1x the archive, not 8x
     assert sum(1 for _, err in outs if "waiting for pid" in err) >= 1  # waiters logged the holder
-    assert_tree_matches(vol / "envs" / artifact.env_id, artifact.files)
-
-
-def _check_never_broken(vol: Path, artifact: Artifact) -> bool:
-    """If the volume says ready, the tree must be complete and right. Returns whether it said so."""
-    path = ready_path(Layout(vol), artifact.manifest)
-    if path is not None:
-        assert_tree_matches(path, artifact.files)
-    return path is not None
+    for i in range(8):
+        assert placement.check_never_broken(vol, artifact, f"c{i}")
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_points_converges(tmp_path: Path, server: Server) -> None:
+def test_kill_9_at_random_points_converges(tmp_path: Path, server: Server, placement: Placement) -> None:
     artifact = make_env_artifact(server.root, part_size=30_000, big=240_000, n_files=300)
     server.faults.chunk, server.faults.delay_per_chunk = 8000, 0.004
     rng = random.Random(1234)
@@ -73,40 +69,47 @@ def test_kill_9_at_random_points_converges(tmp_path: Path, server: Server) -> No
     probe = tmp_path / "probe"
     probe.mkdir()
     t0 = time.monotonic()
-    assert run_bootstrap(*_args(server, probe)).code == 0
+    assert run_bootstrap(*_args(server, probe), env=placement.env("probe")).code == 0
     full = time.monotonic() - t0
     shutil.rmtree(probe)
     vol = tmp_path / "vol"
     vol.mkdir()
     said_ready = interrupted = 0
-    for _trial in range(12):
-        proc = spawn_bootstrap(*_args(server, vol))
+    containers = ["c0"]
+    for trial in range(12):
+        # The same worker restarting (its disk kept), or a new one (an empty disk): both must converge.
+        if rng.random() < 0.4:
+            containers.append(f"c{trial + 1}")
+        container = containers[-1]
+        proc = spawn_bootstrap(*_args(server, vol), env=placement.env(container))
         time.sleep(rng.uniform(0.05, full * 1.1))
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-        ready = _check_never_broken(vol, artifact)
+        ready = placement.check_never_broken(vol, artifact, container)
         said_ready += ready
         interrupted += not ready
         if ready and rng.random() < 0.5:  # start over from an empty volume now and then
             shutil.rmtree(vol)
             vol.mkdir()
     assert interrupted >= 3  # the kills did land mid-install (else this test would prove nothing)
-    final = run_bootstrap(*_args(server, vol))
-    assert final.code == 0, final.stderr
-    assert _check_never_broken(vol, artifact)
+    for container in (containers[-1], "fresh"):
+        final = run_bootstrap(*_args(server, vol), env=placement.env(container))
+        assert final.code == 0, final.stderr
+        assert placement.check_never_broken(vol, artifact, container)
     assert list((vol / "trash").iterdir()) == []
 
 
-def test_holder_killed_waiter_takes_over(tmp_path: Path, server: Server, artifact: Artifact) -> None:
+def test_holder_killed_waiter_takes_over(tmp_path: Path, server: Server, artifact: Artifact,
+                                         placement: Placement) -> None:
     vol = tmp_path / "vol"
     vol.mkdir()
     server.faults.chunk, server.faults.delay_per_chunk = 500, 0.05  # the first installer is slow
-    first = spawn_bootstrap(*_args(server, vol))
+    first = spawn_bootstrap(*_args(server, vol), env=placement.env("c1"))
     lease = vol / "leases" / f"{artifact.env_id}.lease"
     deadline = time.monotonic() + 30
     while not lease.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
-    second = spawn_bootstrap(*_args(server, vol))
+    second = spawn_bootstrap(*_args(server, vol), env=placement.env("c2"))
     time.sleep(0.5)
     first.send_signal(signal.SIGKILL)
     first.communicate()
@@ -115,7 +118,11 @@ def test_holder_killed_waiter_takes_over(tmp_path: Path, server: Server, artifac
     assert second.returncode == 0, err
     assert json.loads(out.strip().splitlines()[-1])["status"] == "ready"
     assert "took over stale lease" in err
-    assert _check_never_broken(vol, artifact)
+    assert placement.check_never_broken(vol, artifact, "c2")
+    # The killed worker's container, started again, converges too.
+    again = run_bootstrap(*_args(server, vol), env=placement.env("c1"))
+    assert again.code == 0, again.stderr
+    assert placement.check_never_broken(vol, artifact, "c1")
 
 
 def _mount_tmpfs(where: Path, size: str) -> None:
@@ -141,6 +148,7 @@ def test_disk_full(tmp_path: Path, server: Server) -> None:
     artifact = make_env_artifact(server.root, part_size=200_000, big=1_500_000, n_files=20,
                                  extra={"unpacked_size": 1000})
     vol = tmp_path / "small"
+    _check_never_broken = Placement("volume", tmp_path).check_never_broken
     _mount_tmpfs(vol, "1700k")
     try:
         run = run_bootstrap(*_args(server, vol))
@@ -197,20 +205,67 @@ def test_disk_full_mid_extraction_and_the_block_per_file_preflight_counts(tmp_pa
         _umount(vol)
 
 
-def test_broken_tree_under_old_marker_is_not_ready(tmp_path: Path, server: Server,
-                                                   artifact: Artifact) -> None:
+def test_broken_tree_under_old_marker_is_not_ready(tmp_path: Path, server: Server, artifact: Artifact,
+                                                   placement: Placement) -> None:
     vol = tmp_path / "vol"
     vol.mkdir()
-    assert run_bootstrap(*_args(server, vol)).code == 0
-    env_dir = vol / "envs" / artifact.env_id
+    assert run_bootstrap(*_args(server, vol), env=placement.env()).code == 0
+    env_dir = placement.ready_path(vol, artifact)
+    assert env_dir is not None
     # Simulate a re-extraction that died half-way under the old marker: new stamp, partial tree.
     shutil.rmtree(env_dir)
     env_dir.mkdir()
     (env_dir / ".bootstrap-install").write_text("another-install")
-    assert not _check_never_broken(vol, artifact)
-    run = run_bootstrap(*_args(server, vol))
-    assert run.code == 0 and run.result["downloaded_bytes"] == artifact.manifest.archive.size
-    assert _check_never_broken(vol, artifact)
+    assert not placement.check_never_broken(vol, artifact)
+    run = run_bootstrap(*_args(server, vol), env=placement.env())
+    # The volume placement downloads again (its parts were removed after commit); the parts one
+    # extracts again from the parts the volume keeps.
+    again = artifact.manifest.archive.size if placement.mode == "volume" else 0
+    assert run.code == 0 and run.result["downloaded_bytes"] == again
+    assert placement.check_never_broken(vol, artifact)
+
+
+def test_damaged_parts_on_the_volume_are_fetched_again(tmp_path: Path, server: Server,
+                                                       artifact: Artifact) -> None:
+    """Committed parts that no longer hash right (the volume corrupted one) are found by the next
+    container's whole-archive check; only the bad part is fetched again, and every tree is right."""
+    placement = Placement("parts", tmp_path)
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    assert run_bootstrap(*_args(server, vol), env=placement.env("c1")).code == 0
+    part = artifact.manifest.parts[1]
+    path = vol / "parts" / artifact.env_id / part.name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    served = server.bytes_served
+    run = run_bootstrap(*_args(server, vol), env=placement.env("c2"))
+    assert run.code == 0, run.stderr
+    assert run.result["downloaded_bytes"] == part.size
+    assert server.bytes_served - served == part.size + len(artifact.manifest_path.read_bytes())
+    assert f"part {part.name} on the volume is damaged" in run.stderr
+    assert placement.check_never_broken(vol, artifact, "c2")
+
+
+def test_container_disk_full_fails_clearly_and_keeps_the_parts(tmp_path: Path, server: Server) -> None:
+    """Placement parts with a container disk too small for the env: preflight says so before a byte
+    lands there; the parts stay verified on the volume for a worker with room."""
+    artifact = make_env_artifact(server.root, part_size=200_000, big=1_500_000, n_files=20)
+    placement = Placement("parts", tmp_path)
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    small = placement.container("small")
+    small.parent.mkdir(parents=True)
+    _mount_tmpfs(small, "600k")
+    try:
+        run = run_bootstrap(*_args(server, vol), env=placement.env("small"))
+        assert run.code == 13 and run.result["phase"] == "preflight", run.stderr
+        assert "not enough free space" in run.result["error"]
+    finally:
+        _umount(small)
+    roomy = run_bootstrap(*_args(server, vol), env=placement.env("roomy"))
+    assert roomy.code == 0, roomy.stderr
+    assert placement.check_never_broken(vol, artifact, "roomy")
 
 
 def test_bootstrap_env_is_clean() -> None:

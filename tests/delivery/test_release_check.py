@@ -4,6 +4,7 @@ and each thing a tag needs, taken away one at a time, fails with its own clear l
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -144,3 +145,37 @@ def test_ci_mode_on_a_tagged_checkout(tmp_path: Path) -> None:
     git(repo, "tag", "v1.2.0")
     git(repo, "checkout", "-q", "--detach", "v1.2.0")
     assert release_check(repo, "v1.2.0", "--ci").returncode == 0
+
+
+def _with_hub(repo: Path, manifest_url: str) -> None:
+    hub = {"config": {"env": [{"key": "MANIFEST_URL", "input": {"name": "m", "type": "string",
+                                                                "default": manifest_url}}]}}
+    (repo / ".runpod").mkdir(exist_ok=True)
+    (repo / ".runpod" / "hub.json").write_text(json.dumps(hub))
+    commit(repo, "hub")
+
+
+def test_hub_images_must_install_this_repositorys_latest_release(tmp_path: Path, monkeypatch) -> None:
+    """The RunPod Hub builds the Dockerfile without build args: hub.json's MANIFEST_URL default is what
+    such an image installs, so a release is refused unless it names this repository's latest release."""
+    monkeypatch.delenv("GITHUB_REPOSITORY", raising=False)  # set when this suite runs in GitHub Actions
+    repo = ready_repo(tmp_path / "repo")
+    git(repo, "remote", "add", "origin", "git@github.com:acme/f5-worker.git")
+    _with_hub(repo, "https://github.com/<owner>/<repo>/releases/latest/download/manifest.json")
+    proc = release_check(repo)
+    assert proc.returncode == 1 and "FAIL hub:" in proc.stdout
+    assert "set it to https://github.com/acme/f5-worker/releases/latest/download/manifest.json" in proc.stdout
+    _with_hub(repo, "https://github.com/someone/else/releases/latest/download/manifest.json")
+    assert release_check(repo).returncode == 1
+    _with_hub(repo, "https://github.com/acme/f5-worker/releases/latest/download/manifest.json")
+    proc = release_check(repo)
+    assert proc.returncode == 0, proc.stdout
+    assert "ok   hub: Hub images install https://github.com/acme/f5-worker/" in proc.stdout
+
+
+def test_hub_check_in_ci_compares_with_github_repository(tmp_path: Path, monkeypatch) -> None:
+    repo = ready_repo(tmp_path / "repo")
+    _with_hub(repo, "https://github.com/acme/f5-worker/releases/latest/download/manifest.json")
+    monkeypatch.setenv("GITHUB_REPOSITORY", "other/fork")
+    proc = release_check(repo)
+    assert proc.returncode == 1 and "other/fork/releases/latest" in proc.stdout

@@ -33,6 +33,8 @@ DEV_ONLY = {"WORKER_TINY_CACHE"}
 SET_BY_INSTALLER = {"BOOTSTRAP_VOLUME", "BOOTSTRAP_ENV_ID", "BOOTSTRAP_IN_USE_FILE"}
 # Documented in hub.json but read by the runpod SDK's rp_upload rather than by our code.
 READ_BY_RUNPOD_SDK = {"BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY"}
+# Set on the template for RunPod's platform itself (how long a worker may take to start).
+READ_BY_RUNPOD_PLATFORM = {"RUNPOD_INIT_TIMEOUT"}
 
 
 def _env_name(node: ast.AST) -> str | None:
@@ -113,7 +115,7 @@ def test_hub_lists_every_variable_the_code_reads() -> None:
 
 
 def test_hub_lists_nothing_the_code_does_not_read() -> None:
-    stale = set(HUB_ENV) - set(code_variables()) - READ_BY_RUNPOD_SDK
+    stale = set(HUB_ENV) - set(code_variables()) - READ_BY_RUNPOD_SDK - READ_BY_RUNPOD_PLATFORM
     assert not stale, f"hub.json documents variables nothing reads: {sorted(stale)}"
 
 
@@ -156,6 +158,14 @@ def test_documented_worker_default_is_the_code_default(key: str, default: object
     env = {key: _as_env(default)}
     assert WorkerConfig.from_env(env) == WorkerConfig.from_env({})
     assert JobLimits.from_env(env) == JobLimits.from_env({})
+
+
+def test_the_first_start_has_time_to_install() -> None:
+    """RunPod marks a worker unhealthy after 7 minutes by default; the first start on an empty volume
+    installs the env and downloads the models, so the template and the Hub's own test endpoint extend it."""
+    assert HUB_ENV["RUNPOD_INIT_TIMEOUT"]["default"] >= 900
+    tests_env = {e["key"]: e["value"] for e in TESTS["config"]["env"]}
+    assert int(tests_env["RUNPOD_INIT_TIMEOUT"]) >= 900
 
 
 def test_runpod_tests_json_is_hub_format_with_real_inputs() -> None:

@@ -36,7 +36,8 @@ def test_variables_are_read():
     ({"F5_BUCKET_FRAMES": "0"}, "F5_BUCKET_FRAMES"),
     ({"F5_BUCKET_FRAMES": "x"}, "F5_BUCKET_FRAMES"),
     ({"F5_SAMPLER": "magic"}, "F5_SAMPLER"),
-    ({"ALIGN_MODELS": "en"}, "ALIGN_MODELS"),
+    ({"ALIGN_MODELS": "en="}, "ALIGN_MODELS"),
+    ({"ALIGN_MODELS": "=hf:o/r@1"}, "ALIGN_MODELS"),
     ({"DEFAULT_LANGUAGE": "fr"}, "DEFAULT_LANGUAGE"),
 ])
 def test_bad_values_name_the_variable(env, name):
@@ -46,6 +47,10 @@ def test_bad_values_name_the_variable(env, name):
 
 def test_align_models_parse():
     assert parse_align_models(" en=/a ,fr=hf:x/y@1:z ") == {"en": "/a", "fr": "hf:x/y@1:z"}
+    # A bare language takes WhisperX's own default model for it (resolved at startup).
+    assert parse_align_models("en, ja ,de=torchaudio:VOXPOPULI_ASR_BASE_10K_DE") == {
+        "en": "whisperx", "ja": "whisperx", "de": "torchaudio:VOXPOPULI_ASR_BASE_10K_DE"}
+    assert WorkerConfig.from_env({}).align_models == {"en": "whisperx"}
 
 
 def _run_worker(env_extra: dict[str, str], tmp_path: Path):
@@ -62,14 +67,14 @@ def _run_worker(env_extra: dict[str, str], tmp_path: Path):
 def test_python_m_worker_stops_on_a_bad_variable_with_one_clear_line(tmp_path):
     proc = _run_worker({"WORKER_DEVICE": "tpu"}, tmp_path)
     assert proc.returncode == 2
-    assert "WORKER_DEVICE='tpu'" in proc.stderr and "phase config" in proc.stderr
+    assert "worker startup failed in config: WORKER_DEVICE='tpu'" in proc.stderr
     assert proc.stdout == ""
 
 
 def test_python_m_worker_stops_on_a_missing_model_before_serving(tmp_path):
     proc = _run_worker({"WORKER_DEVICE": "cpu", "F5_CKPT": str(tmp_path / "nope.safetensors")}, tmp_path)
     assert proc.returncode == 2
-    assert "F5_CKPT=" in proc.stderr and "no such file" in proc.stderr and "phase models" in proc.stderr
+    assert "worker startup failed in models: F5_CKPT=" in proc.stderr and "no such file" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

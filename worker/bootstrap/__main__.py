@@ -38,6 +38,8 @@ def _install_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-envs", type=int, help="envs kept by GC (env BOOTSTRAP_KEEP_ENVS)")
     p.add_argument("--volume-fallback", choices=("container", "fail"), help="env BOOTSTRAP_VOLUME_FALLBACK")
     p.add_argument("--failure-handler", choices=("auto", "on", "off"), help="env BOOTSTRAP_FAILURE_HANDLER")
+    p.add_argument("--placement", choices=config_mod.PLACEMENTS,
+                   help="where the env lives: volume, parts or auto (env BOOTSTRAP_PLACEMENT)")
     p.add_argument("worker_args", nargs="*", help="arguments for `python -m worker` (after --)")
     return p
 
@@ -81,7 +83,7 @@ def main(argv: Sequence[str] | None = None, install: Callable[..., Any] | None =
             config_mod.from_environ(), manifest_url=args.manifest_url, volume=args.volume,
             manifest_sha256=args.manifest_sha256, no_exec=args.no_exec or None, parallel=args.parallel,
             keep_envs=args.keep_envs, volume_fallback=args.volume_fallback,
-            failure_handler=args.failure_handler)
+            failure_handler=args.failure_handler, placement=args.placement)
     except BootstrapError as exc:
         _configure_logging("INFO")
         return _fail(exc, layout, cfg, serve_error)
@@ -97,7 +99,7 @@ def main(argv: Sequence[str] | None = None, install: Callable[..., Any] | None =
 
         extra = {"BOOTSTRAP_ENV_ID": result.env_id, "BOOTSTRAP_VOLUME": str(result.volume)}
         if result.in_use is not None:
-            extra[IN_USE_ENV] = str(result.in_use.path)
+            extra[IN_USE_ENV] = result.in_use.environ_value()
         environ = None if cfg.no_exec else activated_environ(result.path, os.environ, extra)
         ready = result.to_dict()
         _record(layout, ready)

@@ -14,7 +14,12 @@ BOOTSTRAP_PARALLEL             4                     parts downloaded at once
 BOOTSTRAP_KEEP_ENVS            2                     installed envs kept by GC (the current one included)
 BOOTSTRAP_VOLUME_FALLBACK      container             volume missing: ``container`` (install on container
                                                      disk, loud warning) or ``fail``
-BOOTSTRAP_CONTAINER_DIR        /var/tmp/bootstrap-volume   where ``container`` installs
+BOOTSTRAP_CONTAINER_DIR        /var/tmp/bootstrap-volume   the container disk: where ``container`` installs,
+                                                     and where placement ``parts`` extracts the env
+BOOTSTRAP_PLACEMENT            auto                  ``volume`` (env extracted onto the volume), ``parts``
+                                                     (the volume keeps the verified parts; each container
+                                                     extracts them onto its own disk) or ``auto`` (probe
+                                                     the volume once, pick; see placement.py)
 BOOTSTRAP_LEASE_TTL            30                    seconds without heartbeat before a lease is stale
 BOOTSTRAP_WAIT_TIMEOUT         0                     seconds to wait for a live installer (0: no limit)
 BOOTSTRAP_RETRIES              8                     attempts per request (connection errors, 5xx, 429)
@@ -41,6 +46,7 @@ from .errors import BootstrapError
 DEFAULT_VOLUME = "/runpod-volume"
 DEFAULT_CONTAINER_DIR = "/var/tmp/bootstrap-volume"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+PLACEMENTS = ("auto", "volume", "parts")
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class Config:
     keep_envs: int = 2
     volume_fallback: str = "container"
     container_dir: Path = Path(DEFAULT_CONTAINER_DIR)
+    placement: str = "auto"
     lease_ttl_s: float = 30.0
     wait_timeout_s: float = 0.0
     retries: int = 8
@@ -101,6 +108,7 @@ def from_environ(env: Mapping[str, str] | None = None) -> Config:
         keep_envs=_num(env, "BOOTSTRAP_KEEP_ENVS", 2, int, 1),
         volume_fallback=_choice(env, "BOOTSTRAP_VOLUME_FALLBACK", "container", ("container", "fail")),
         container_dir=Path(env.get("BOOTSTRAP_CONTAINER_DIR") or DEFAULT_CONTAINER_DIR),
+        placement=_choice(env, "BOOTSTRAP_PLACEMENT", "auto", PLACEMENTS),
         lease_ttl_s=_num(env, "BOOTSTRAP_LEASE_TTL", 30.0, float, 0.5),
         wait_timeout_s=_num(env, "BOOTSTRAP_WAIT_TIMEOUT", 0.0, float, 0),
         retries=_num(env, "BOOTSTRAP_RETRIES", 8, int, 1),

@@ -17,6 +17,7 @@ from .commit import read_marker
 from .gc import installed, last_used
 from .layout import INSTALL_ID_FILE, MARKER_SUFFIX, Layout
 from .lease import Lease, live_users
+from .parts import read_parts_marker
 from .preflight import downloaded_bytes, free_bytes
 
 log = logging.getLogger("doctor")
@@ -35,15 +36,28 @@ def report(volume: Path) -> dict[str, Any]:
     if not volume.is_dir():
         return doc
     doc["free_bytes"] = free_bytes(volume)
-    envs = []
+    envs, kept_parts = [], []
     for env_id in installed(layout):
-        marker = read_marker(layout, env_id) or {}
+        parts = read_parts_marker(layout, env_id)
+        if parts is not None:
+            kept_parts.append({"env_id": env_id, "name": parts.get("name"),
+                               "bytes": downloaded_bytes(layout.parts_dir(env_id)),
+                               "live_users": len(live_users(layout.in_use_dir(env_id))),
+                               "last_used": last_used(layout, env_id)})
+        marker = read_marker(layout, env_id)
+        if marker is None:
+            continue
         envs.append({"env_id": env_id, "path": marker.get("path"), "name": marker.get("name"),
                      "installed_at": marker.get("installed_at"), "files": marker.get("files"),
                      "unpacked_bytes": marker.get("unpacked_bytes"), "tree_ok": _tree_ok(marker),
                      "live_users": len(live_users(layout.in_use_dir(env_id))),
                      "last_used": last_used(layout, env_id)})
     doc["envs"] = envs
+    doc["parts"] = kept_parts
+    try:
+        doc["placement"] = json.loads(layout.placement_file.read_text())
+    except (OSError, ValueError):
+        doc["placement"] = None
     ready = {e["env_id"] for e in envs}
     doc["incomplete_trees"] = sorted(p.name for p in layout.envs.glob("*")
                                      if p.is_dir() and p.name not in ready) if layout.envs.is_dir() else []
@@ -78,6 +92,14 @@ def render(doc: dict[str, Any]) -> str:
                      f"{'ok' if e['tree_ok'] else 'TREE DOES NOT MATCH ITS MARKER'}, {e['files']} files, "
                      f"{(e['unpacked_bytes'] or 0) / 1e9:.2f} GB, {e['live_users']} live worker(s), "
                      f"last used {age / 60:.0f} min ago")
+    lines.append(f"envs kept as parts (placement parts): {len(doc['parts'])}")
+    for p in doc["parts"]:
+        age = time.time() - (p["last_used"] or 0)
+        lines.append(f"  {p['env_id']} {p['name'] or ''}: {p['bytes'] / 1e6:,.1f} MB of verified parts, "
+                     f"{p['live_users']} live worker(s), last used {age / 60:.0f} min ago")
+    recorded = doc.get("placement")
+    lines.append(f"placement recorded by auto: {recorded['mode']} ({recorded.get('reason')})" if recorded
+                 else "placement recorded by auto: none")
     for name in doc["incomplete_trees"]:
         lines.append(f"  {name}: incomplete (an install was interrupted or is running)")
     lines.append(f"leases held: {len(doc['leases'])}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 EXIT_CODES: dict[str, int] = {
     "config": 10, "manifest": 11, "fetch": 12, "preflight": 13, "download": 14, "extract": 15,
     "relocate": 16, "commit": 17, "lease": 18, "gc": 19, "activate": 20, "fallback": 21, "doctor": 22,
+    "placement": 23,
     "internal": 70,
 }
 

@@ -1,5 +1,8 @@
 """Remove old envs: keep the ``keep`` most recently used (the current one always), never one in use.
 
+An env is installed when the volume holds its tree (``envs/<id>.ready.json``) or its parts
+(``parts/<id>.ready.json``, placement "parts"), or both; removing it removes both.
+
 Removal order makes a concurrent warm start safe: take the env's install lease (skip it if busy),
 remove the marker, look for live users *again*, and only then move the tree to ``trash/`` (restoring
 the marker when a worker registered meanwhile). A worker registers before it reads the marker, so
@@ -26,8 +29,9 @@ log = logging.getLogger("gc")
 
 def last_used(layout: Layout, env_id: str) -> float:
     times = [0.0]
-    with contextlib.suppress(OSError):
-        times.append(layout.marker(env_id).stat().st_mtime)
+    for marker in (layout.marker(env_id), layout.parts_marker(env_id)):
+        with contextlib.suppress(OSError):
+            times.append(marker.stat().st_mtime)
     in_use = layout.in_use_dir(env_id)
     if in_use.is_dir():
         for entry in in_use.iterdir():
@@ -36,10 +40,15 @@ def last_used(layout: Layout, env_id: str) -> float:
     return max(times)
 
 
+def _committed(directory: Path) -> set[str]:
+    if not directory.is_dir():
+        return set()
+    return {p.name[: -len(MARKER_SUFFIX)] for p in directory.glob(f"*{MARKER_SUFFIX}")}
+
+
 def installed(layout: Layout) -> list[str]:
-    if not layout.envs.is_dir():
-        return []
-    return sorted(p.name[: -len(MARKER_SUFFIX)] for p in layout.envs.glob(f"*{MARKER_SUFFIX}"))
+    """Envs whose tree or parts are committed on this volume."""
+    return sorted(_committed(layout.envs) | _committed(layout.parts))
 
 
 def empty_trash(layout: Layout) -> None:
@@ -88,15 +97,22 @@ def _remove(layout: Layout, env_id: str, lease_ttl_s: float, in_use_ttl_s: float
         log.info("keeping %s: another process holds its lease", env_id)
         return False
     try:
-        marker = read_marker(layout, env_id) or {}
+        marker = read_marker(layout, env_id)
+        parts = _read_bytes(layout.parts_marker(env_id))
         uncommit(layout, env_id)
+        with contextlib.suppress(FileNotFoundError):
+            layout.parts_marker(env_id).unlink()
         if live_users(layout.in_use_dir(env_id), in_use_ttl_s):
-            write_atomic(layout.marker(env_id), json.dumps(marker, indent=1).encode())
+            if marker is not None:
+                write_atomic(layout.marker(env_id), json.dumps(marker, indent=1).encode())
+            if parts is not None:
+                write_atomic(layout.parts_marker(env_id), parts)
             log.info("keeping %s: a worker started using it just now", env_id)
             return False
-        path = Path(str(marker.get("path") or layout.env_dir(env_id)))
+        path = Path(str((marker or {}).get("path") or layout.env_dir(env_id)))
         log.info("removing env %s at %s", env_id, path)
         to_trash(layout, path)
+        to_trash(layout, layout.parts_dir(env_id))
         shutil.rmtree(layout.download_dir(env_id), ignore_errors=True)
         shutil.rmtree(layout.in_use_dir(env_id), ignore_errors=True)
         return True
@@ -104,13 +120,22 @@ def _remove(layout: Layout, env_id: str, lease_ttl_s: float, in_use_ttl_s: float
         lease.release()
 
 
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
 def _orphans(layout: Layout, current: str | None, lease_ttl_s: float) -> None:
-    """Trees without a marker and other envs' downloads, left by crashed installs nobody works on."""
-    ready = set(installed(layout))
+    """Trees and parts without a marker and other envs' downloads, left by crashed installs nobody
+    works on."""
     candidates = []
-    if layout.envs.is_dir():
-        candidates += [(p.name, p) for p in layout.envs.iterdir()
-                       if p.is_dir() and p.name not in ready and p.name != current]
+    for directory in (layout.envs, layout.parts):
+        if directory.is_dir():
+            ready = _committed(directory)
+            candidates += [(p.name, p) for p in directory.iterdir()
+                           if p.is_dir() and p.name not in ready and p.name != current]
     if layout.downloads.is_dir():
         candidates += [(p.name, p) for p in layout.downloads.iterdir() if p.name != current]
     for env_id, path in candidates:

@@ -47,11 +47,13 @@ class Result:
     seconds: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
     in_use: InUse | None = None
+    placement: str = "volume"  # where the env runs from: "volume", or "parts" (the container disk)
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": "ready", "env_id": self.env_id, "path": str(self.path),
                 "downloaded_bytes": self.downloaded_bytes, "warm": self.warm, "volume": str(self.volume),
-                "waited_s": round(self.waited_s, 3), "seconds": round(self.seconds, 3), **self.stats}
+                "waited_s": round(self.waited_s, 3), "seconds": round(self.seconds, 3),
+                "placement": self.placement, **self.stats}
 
 
 class Phase:
@@ -146,6 +148,20 @@ def install(config: Config, on_layout: Callable[[Layout], None] = lambda _: None
 
     env_dir = destination(manifest.dest_prefix, layout.env_dir(manifest.env_id))
     in_use = _register(layout, manifest.env_id)
+    from . import placement
+
+    local = Layout(config.container_dir)
+    with Phase("placement"):
+        decision = placement.choose(config.placement, layout, local)
+    if decision.mode == "parts":
+        from . import parts
+
+        result = parts.install(config, layout, local, manifest)
+        if result.placement == "parts":
+            in_use = _also_register(in_use, local, manifest.env_id)
+        result.in_use = in_use
+        result.seconds = time.monotonic() - t0
+        return result
     path, note = _ready(layout, manifest)
     if path is not None:
         log.info("env %s is ready at %s: nothing to download", manifest.env_id, path)
@@ -187,11 +203,22 @@ def _register(layout: Layout, env_id: str) -> InUse | None:
         return None
 
 
-def _cold(config: Config, layout: Layout, manifest: Manifest, env_dir: Path) -> Result:
-    with Phase("preflight"):
-        preflight.check_writable(layout)
-    lease = Lease(layout.lease(manifest.env_id), ttl_s=config.lease_ttl_s, heartbeat_s=config.heartbeat_s,
-                  log_every_s=config.progress_s)
+def _also_register(in_use: InUse | None, local: Layout, env_id: str) -> InUse | None:
+    # The container-disk tree counts as "in use" too, for GC there.
+    other = _register(local, env_id)
+    if in_use is None or other is None:
+        return in_use or other
+    return in_use.with_also(other)
+
+
+def env_lease(config: Config, layout: Layout, env_id: str) -> Lease:
+    return Lease(layout.lease(env_id), ttl_s=config.lease_ttl_s, heartbeat_s=config.heartbeat_s,
+                 log_every_s=config.progress_s)
+
+
+def acquire(config: Config, lease: Lease, env_id: str) -> float:
+    """Wait for the env's lease (as long as its holder heartbeats, or BOOTSTRAP_WAIT_TIMEOUT); seconds
+    waited."""
     t_wait = time.monotonic()
     with Phase("lease"):
         try:
@@ -200,9 +227,16 @@ def _cold(config: Config, layout: Layout, manifest: Manifest, env_dir: Path) -> 
             holder = lease.holder() or {}
             raise BootstrapError("lease",
                                  f"another installer (pid {holder.get('pid')} on {holder.get('host')}) "
-                                 f"still works on {manifest.env_id} after {config.wait_timeout_s:.0f} s",
+                                 f"still works on {env_id} after {config.wait_timeout_s:.0f} s",
                                  "raise BOOTSTRAP_WAIT_TIMEOUT, or check that installer's log") from None
-    waited = time.monotonic() - t_wait
+    return time.monotonic() - t_wait
+
+
+def _cold(config: Config, layout: Layout, manifest: Manifest, env_dir: Path) -> Result:
+    with Phase("preflight"):
+        preflight.check_writable(layout)
+    lease = env_lease(config, layout, manifest.env_id)
+    waited = acquire(config, lease, manifest.env_id)
     try:
         path, note = _ready(layout, manifest)
         if path is not None:
@@ -227,6 +261,7 @@ def _install_locked(config: Config, layout: Layout, manifest: Manifest, env_dir:
                     lease: Lease) -> tuple[int, dict[str, Any]]:
     from . import gc
     from .download import Downloads
+    from .parts import parts_ready
     from .relocate import relocate
 
     with Phase("preflight"):
@@ -235,7 +270,10 @@ def _install_locked(config: Config, layout: Layout, manifest: Manifest, env_dir:
             log.warning("removing the incomplete tree %s left by an interrupted install", env_dir)
             gc.to_trash(layout, env_dir)
         _check_space(config, layout, manifest, env_dir)
-    downloads = Downloads(manifest, str(config.manifest_url), layout.download_dir(manifest.env_id),
+    # Parts the volume already keeps (placement "parts" committed them) are read, not downloaded again.
+    kept = parts_ready(layout, manifest)
+    download_dir = layout.parts_dir(manifest.env_id) if kept else layout.download_dir(manifest.env_id)
+    downloads = Downloads(manifest, str(config.manifest_url), download_dir,
                           transport_for(config), config.parallel, check=lease.check)
     reporter = _Progress(downloads, config.progress_s, lease)
     try:
@@ -262,7 +300,8 @@ def _install_locked(config: Config, layout: Layout, manifest: Manifest, env_dir:
         raise
     import shutil
 
-    shutil.rmtree(layout.download_dir(manifest.env_id), ignore_errors=True)  # the env holds it all now
+    if not kept:
+        shutil.rmtree(download_dir, ignore_errors=True)  # the env holds it all now
     return downloads.network_bytes, info
 
 

@@ -330,13 +330,21 @@ class InUse:
 
     The bootstrap writes it before it execs the worker and passes its path in ``BOOTSTRAP_IN_USE_FILE``;
     the worker keeps it fresh with ``InUse.from_environ().start()`` (a daemon thread). GC never removes
-    an env with a registration younger than ``IN_USE_TTL_S``.
+    an env with a registration younger than ``IN_USE_TTL_S``. An env kept in two places (its parts on the
+    volume, its tree on the container disk) is registered in both: ``also`` holds the other files, and the
+    variable lists them all, ``os.pathsep``-separated.
     """
 
-    def __init__(self, path: str | os.PathLike[str], heartbeat_s: float = 60.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], heartbeat_s: float = 60.0,
+                 also: tuple[Path, ...] = ()) -> None:
         self.path = Path(path)
+        self.also = tuple(Path(p) for p in also)
         self.heartbeat_s = heartbeat_s
         self._stop = threading.Event()
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return (self.path, *self.also)
 
     @classmethod
     def for_env(cls, in_use_dir: Path, heartbeat_s: float = 60.0) -> InUse:
@@ -344,13 +352,20 @@ class InUse:
 
     @classmethod
     def from_environ(cls, heartbeat_s: float = 60.0) -> InUse | None:
-        path = os.environ.get(IN_USE_ENV)
-        return cls(path, heartbeat_s) if path else None
+        paths = [p for p in os.environ.get(IN_USE_ENV, "").split(os.pathsep) if p]
+        return cls(paths[0], heartbeat_s, tuple(Path(p) for p in paths[1:])) if paths else None
+
+    def with_also(self, other: InUse) -> InUse:
+        return InUse(self.path, self.heartbeat_s, (*self.also, *other.paths))
+
+    def environ_value(self) -> str:
+        return os.pathsep.join(str(p) for p in self.paths)
 
     def touch(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                            "time": time.time()}).encode())
+        body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}).encode()
+        for path in self.paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, body)
 
     def start(self) -> InUse:
         self.touch()
@@ -359,13 +374,15 @@ class InUse:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            with contextlib.suppress(OSError):
-                os.utime(self.path)
+            for path in self.paths:
+                with contextlib.suppress(OSError):
+                    os.utime(path)
 
     def stop(self) -> None:
         self._stop.set()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        for path in self.paths:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def live_users(in_use_dir: Path, ttl_s: float = IN_USE_TTL_S) -> list[Path]:

@@ -2,6 +2,7 @@
 
     python3 -m devtools.devenv install [--venv .venv]   (scripts/install-requirements runs it)
     python3 -m devtools.devenv check [--venv .venv]
+    python3 -m devtools.devenv wheels [--wheelhouse .cache/wheels]   (step 1 alone; `just demo` runs it)
 
 install:
 1. wheels  every file env/requirements.lock names, hash-checked, into the wheelhouse .cache/wheels
@@ -34,7 +35,9 @@ if str(ROOT) not in sys.path:  # run as `python3 -m devtools.devenv` by a fresh 
 
 from pack.agree import normalize, pip_pins  # noqa: E402
 from pack.create import pip_install  # noqa: E402
+from pack.lockfile import logical_lines  # noqa: E402
 from pack.options import DEFAULT_SOURCE_DATE_EPOCH  # noqa: E402
+from worker.bootstrap.manifest import sha256_file  # noqa: E402
 
 LOCK = ROOT / "env" / "requirements.lock"
 OVERRIDES = ROOT / "env" / "pip-overrides.txt"
@@ -59,10 +62,31 @@ def isolated_pip_env() -> dict[str, str]:
 def fill_wheelhouse(python: Path, lock: Path = LOCK, wheelhouse: Path = WHEELHOUSE) -> None:
     """Download what the lock names (pip skips files already there whose hash matches)."""
     wheelhouse.mkdir(parents=True, exist_ok=True)
-    common = [str(python), "-m", "pip", "download", "-q", "--no-cache-dir", "--no-deps", "-d", str(wheelhouse)]
+    common = [str(python), "-m", "pip", "download", "-q", "--no-cache-dir", "--no-deps",
+              "-d", str(wheelhouse)]
     env = isolated_pip_env() | {"PIP_DEFAULT_TIMEOUT": "120"}
     subprocess.run([*common, "--require-hashes", "-r", str(lock)], check=True, env=env)
     subprocess.run([*common, "--only-binary=:all:", *SDIST_BUILD_BACKEND], check=True, env=env)
+
+
+def locked_hashes(lock: Path = LOCK) -> set[str]:
+    return set(re.findall(r"--hash=sha256:([0-9a-f]{64})", lock.read_text()))
+
+
+def wheelhouse_missing(wheelhouse: Path = WHEELHOUSE, lock: Path = LOCK) -> list[str]:
+    """The locked requirements (and build backend) with no file in the wheelhouse: by hash for the lock
+    (one of each requirement's hashes), by name for the backend. Hashes every file (~3 s for 4 GB)."""
+    files = [p for p in wheelhouse.iterdir() if p.is_file()] if wheelhouse.is_dir() else []
+    have = {sha256_file(p) for p in files}
+    missing = []
+    for line in logical_lines(lock.read_text()):
+        hashes = set(re.findall(r"--hash=sha256:([0-9a-f]{64})", line))
+        if hashes and not hashes & have:
+            missing.append(line.split()[0])
+    for spec in SDIST_BUILD_BACKEND:
+        if not any(p.name.startswith(spec.replace("==", "-") + "-") for p in files):
+            missing.append(spec)
+    return missing
 
 
 def constraints_from(lock: Path, dest: Path) -> Path:
@@ -136,10 +160,17 @@ def check(venv: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m devtools.devenv", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("install", "check"))
+    parser.add_argument("command", choices=("install", "check", "wheels"))
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv")
+    parser.add_argument("--wheelhouse", type=Path, default=WHEELHOUSE)
     args = parser.parse_args(argv)
     venv = args.venv.absolute()
+    if args.command == "wheels":
+        fill_wheelhouse(Path(sys.executable), wheelhouse=args.wheelhouse)
+        missing = wheelhouse_missing(args.wheelhouse)
+        say(f"{args.wheelhouse}: "
+            + (f"still missing {', '.join(missing)}" if missing else "every locked file"))
+        return 1 if missing else 0
     if args.command == "install":
         install(venv)
         say(f"{venv} is env/requirements.lock plus the tools")

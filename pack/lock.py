@@ -82,9 +82,8 @@ def solve_conda(spec: Spec, platform: str, cutoff: datetime.datetime) -> list:
     """The solved RepoDataRecords, in topological order (dependencies first)."""
     from rattler import BuildString, GenericVirtualPackage, PackageName, PackageRecord, Version, solve
 
-    virtual = [
-        GenericVirtualPackage(PackageName(n), Version(v), BuildString("0")) for n, v in VIRTUAL_PACKAGES.items()
-    ]
+    virtual = [GenericVirtualPackage(PackageName(n), Version(v), BuildString("0"))
+               for n, v in VIRTUAL_PACKAGES.items()]
     log.info("lock: solving %s for %s from %s, nothing newer than %s",
              ", ".join(spec.conda), platform, ", ".join(spec.channels), format_cutoff(cutoff))
     try:
@@ -166,7 +165,8 @@ def _uv() -> str:
     # uv ships in the venv beside this interpreter, which may not be on PATH.
     uv = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
     if uv is None:
-        raise PackError("lock", "uv is not on PATH", "install requirements/dev.txt (./dev) or `pip install uv`")
+        raise PackError("lock", "uv is not on PATH",
+                        "install requirements/dev.txt (./dev) or `pip install uv`")
     return uv
 
 
@@ -212,7 +212,8 @@ def pip_lock_text(spec: Spec, platform: str, overrides: Path | None, conda_pins:
                          "the pip part needs other versions than conda installs: pin them in the spec's "
                          "pip section to conda's versions, or move them to its conda dependencies")
     if body is None:
-        raise PackError("lock", f"uv could not resolve the pip part: {tail}", "adjust the spec or the overrides")
+        raise PackError("lock", f"uv could not resolve the pip part: {tail}",
+                        "adjust the spec or the overrides")
     # An override can still force another version than the constraint allows.
     agree.refuse(agree.disagreements(conda_pins, agree.pip_pins(body.decode())), "lock",
                  "pin them to conda's versions in the spec's pip section or in pip-overrides.txt")
@@ -264,17 +265,16 @@ def check(spec_path: Path, out: Path, platform: str = "linux-64", only: str | No
     for part in parts:
         path = conda_path if part == "conda" else pip_path
         if not path.is_file():
-            findings.append(Finding(path, False, f"missing: run `just lock --only {part}`"
-                                    + (" where conda-forge is reachable (the lock workflow)" if part == "conda"
-                                       else "")))
+            where = " where conda-forge is reachable (the lock workflow)" if part == "conda" else ""
+            findings.append(Finding(path, False, f"missing: run `just lock --only {part}`{where}"))
             continue
         header = read_header(path)
         want = (spec.conda_digest(platform) if part == "conda"
                 else spec.pip_digest(platform, _read(_overrides(out)), _pins_or_empty(conda_path)))
         got = header.get(DIGEST_KEY)
         if got != want:
-            findings.append(Finding(path, False, f"stale: made from spec inputs {(got or 'unrecorded')[:12]}, "
-                                    f"the spec is now {want[:12]}: run `just lock --only {part}`"))
+            findings.append(Finding(path, False, f"stale: made from spec inputs {(got or 'unrecorded')[:12]},"
+                                    f" the spec is now {want[:12]}: run `just lock --only {part}`"))
             continue
         findings.append(Finding(path, True, f"made from the current spec ({want[:12]}), "
                                 f"cutoff {header.get(CUTOFF_KEY, '?')}"))
@@ -298,7 +298,8 @@ def _resolve_again(spec_path: Path, out: Path, platform: str, finding: Finding) 
                 shutil.copyfile(out / name, again / name)
         [path] = lock(spec_path, again, platform, part, cutoff)
         if path.read_bytes() == finding.path.read_bytes():
-            return Finding(finding.path, True, f"{finding.detail}; solving again at that cutoff gives the same bytes")
+            return Finding(finding.path, True,
+                           f"{finding.detail}; solving again at that cutoff gives the same bytes")
         old, new = _lines(finding.path), _lines(path)
         changed = sorted((old - new) | (new - old))[:6]
         return Finding(finding.path, False, f"solving again at cutoff {cutoff} gives other bytes "

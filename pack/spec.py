@@ -103,12 +103,12 @@ def parse_cutoff(text: str | None, now: datetime.datetime | None = None) -> date
     No value means the start of today (UTC): two locks made the same day from the same spec agree.
     """
     if text is None:
-        now = now or datetime.datetime.now(datetime.timezone.utc)
-        return now.astimezone(datetime.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        now = now or datetime.datetime.now(datetime.UTC)
+        return now.astimezone(datetime.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     raw = text.strip()
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
-            value = datetime.datetime.fromisoformat(raw).replace(tzinfo=datetime.timezone.utc)
+            value = datetime.datetime.fromisoformat(raw).replace(tzinfo=datetime.UTC)
         else:
             value = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
@@ -119,11 +119,11 @@ def parse_cutoff(text: str | None, now: datetime.datetime | None = None) -> date
             f"--exclude-newer {text!r} is not a date (2026-12-01) or a UTC time (2026-12-01T00:00:00Z)",
             "give the cutoff as YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ",
         )
-    return value.astimezone(datetime.timezone.utc).replace(microsecond=0)
+    return value.astimezone(datetime.UTC).replace(microsecond=0)
 
 
 def format_cutoff(cutoff: datetime.datetime) -> str:
-    return cutoff.astimezone(datetime.timezone.utc).strftime(CUTOFF_FORMAT)
+    return cutoff.astimezone(datetime.UTC).strftime(CUTOFF_FORMAT)
 
 
 def _digest(doc: dict[str, object]) -> str:

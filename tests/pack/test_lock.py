@@ -63,7 +63,8 @@ def test_spec_reads() -> None:
     assert spec.python == "3.11" and spec.pip_options == ()
     assert any(s.startswith("ffmpeg") for s in spec.conda) and "pip" in spec.conda
     names = {re.split(r"[<>=~! ;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in spec.pip}
-    assert {"torch", "torchaudio", "f5-tts", "whisperx", "runpod", "huggingface-hub", "soundfile", "datasets"} <= names
+    assert {"torch", "torchaudio", "f5-tts", "whisperx", "runpod", "huggingface-hub", "soundfile",
+            "datasets"} <= names
 
 
 def test_pip_lock_is_hashed_consistent_and_fresh() -> None:
@@ -92,7 +93,8 @@ def test_example_lock_has_relative_urls(example_lock: Path) -> None:
     text = example_lock.read_text()
     assert "file://" not in text and str(example_lock.parent) not in text
     conda_lock = read_conda_lock(example_lock)
-    assert [e.filename.rsplit("-", 2)[0] for e in conda_lock.entries] == ["python", "hello-prefix", "hello-noarch"]
+    names = [e.filename.rsplit("-", 2)[0] for e in conda_lock.entries]
+    assert names == ["python", "hello-prefix", "hello-noarch"]
     assert all(e.url.startswith(example_lock.parent.as_uri()) for e in conda_lock.entries)
 
 
@@ -104,7 +106,8 @@ def test_lock_solves_a_local_channel_reproducibly_and_builds_the_env(
     # Through the CLI contract: python -m pack lock --spec FILE --out DIR [--platform P] [--only ...]
     assert main(["lock", "--spec", str(spec), "--out", str(one), "--platform", "linux-64",
                  "--exclude-newer", CUTOFF]) == 0
-    assert capsys.readouterr().out.split() == [str(one / "conda-linux-64.lock"), str(one / "requirements.lock")]
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(one / "conda-linux-64.lock"), str(one / "requirements.lock")]
     lock(spec, two, exclude_newer=CUTOFF)
     for name in ("conda-linux-64.lock", "requirements.lock"):
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
@@ -203,4 +206,5 @@ def test_build_refuses_a_pip_lock_that_replaces_a_conda_distribution(
     assert err.value.phase == "pip"
     assert "hello-noarch: conda installs 1.0.0, the pip lock pins 2.0.0" in str(err.value)
     site = work / "envs" / "clash" / "lib" / "python3.11" / "site-packages"
-    assert (site / "hello_noarch-1.0.0.dist-info").is_dir() and not (site / "hello_noarch-2.0.0.dist-info").exists()
+    assert (site / "hello_noarch-1.0.0.dist-info").is_dir()
+    assert not (site / "hello_noarch-2.0.0.dist-info").exists()

@@ -137,8 +137,8 @@ def phase_lock(work: Path) -> Path:
 def lock_wheel_bytes() -> tuple[int, int]:
     """(files, bytes) of the wheelhouse files the pip lock names by hash."""
     wanted = devenv.locked_hashes()
-    files = [p for p in devenv.WHEELHOUSE.iterdir() if p.is_file() and sha256_file(p) in wanted]
-    return len(files), sum(p.stat().st_size for p in files)
+    names = [name for name, sha in devenv.wheelhouse_hashes().items() if sha in wanted]
+    return len(names), sum((devenv.WHEELHOUSE / name).stat().st_size for name in names)
 
 
 def phase_pack(work: Path, record: Record, keep_env: bool) -> Path:

@@ -45,6 +45,7 @@ WHEELHOUSE = ROOT / ".cache" / "wheels"
 TOOLS = (ROOT / "requirements" / "dev.txt", ROOT / "requirements" / "worker-test.txt")
 # What pip's isolated builds of the lock's sdist-only packages need, offline, from the wheelhouse.
 SDIST_BUILD_BACKEND = ("setuptools==84.2.1", "wheel==0.48.0")
+INDEX_NAME = ".sha256-index.json"
 
 
 def say(msg: str) -> None:
@@ -73,18 +74,44 @@ def locked_hashes(lock: Path = LOCK) -> set[str]:
     return set(re.findall(r"--hash=sha256:([0-9a-f]{64})", lock.read_text()))
 
 
+def wheelhouse_hashes(wheelhouse: Path = WHEELHOUSE) -> dict[str, str]:
+    """File name -> sha256 of every file in the wheelhouse. Digests are kept in an index beside the files
+    and computed again only for files whose size or mtime changed (4 GB take a minute to hash on a busy
+    box). The index only decides what to download: pip checks every hash again when it installs."""
+    index_path = wheelhouse / INDEX_NAME
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    fresh: dict[str, list] = {}
+    for path in sorted(wheelhouse.iterdir()) if wheelhouse.is_dir() else []:
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        st = path.stat()
+        known = index.get(path.name)
+        if known and known[:2] == [st.st_size, st.st_mtime_ns]:
+            fresh[path.name] = known
+        else:
+            fresh[path.name] = [st.st_size, st.st_mtime_ns, sha256_file(path)]
+    if fresh != index and wheelhouse.is_dir():
+        tmp = index_path.with_name(index_path.name + ".tmp")
+        tmp.write_text(json.dumps(fresh, indent=0, sort_keys=True))
+        os.replace(tmp, index_path)
+    return {name: entry[2] for name, entry in fresh.items()}
+
+
 def wheelhouse_missing(wheelhouse: Path = WHEELHOUSE, lock: Path = LOCK) -> list[str]:
     """The locked requirements (and build backend) with no file in the wheelhouse: by hash for the lock
-    (one of each requirement's hashes), by name for the backend. Hashes every file (~3 s for 4 GB)."""
-    files = [p for p in wheelhouse.iterdir() if p.is_file()] if wheelhouse.is_dir() else []
-    have = {sha256_file(p) for p in files}
+    (one of each requirement's hashes), by name for the backend."""
+    hashes = wheelhouse_hashes(wheelhouse)
+    have = set(hashes.values())
     missing = []
     for line in logical_lines(lock.read_text()):
-        hashes = set(re.findall(r"--hash=sha256:([0-9a-f]{64})", line))
-        if hashes and not hashes & have:
+        wanted = set(re.findall(r"--hash=sha256:([0-9a-f]{64})", line))
+        if wanted and not wanted & have:
             missing.append(line.split()[0])
     for spec in SDIST_BUILD_BACKEND:
-        if not any(p.name.startswith(spec.replace("==", "-") + "-") for p in files):
+        if not any(name.startswith(spec.replace("==", "-") + "-") for name in hashes):
             missing.append(spec)
     return missing
 

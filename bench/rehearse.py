@@ -235,11 +235,34 @@ def phase_install(work: Path, manifest_path: Path, record: Record, repeat: int) 
     return kept
 
 
+def still_naming(env_dir: Path, old_prefix: str) -> list[str]:
+    """Files of the installed env that still hold the build prefix (relocation missed them)."""
+    needle = old_prefix.encode()
+    hits = []
+    for path in sorted(env_dir.rglob("*")):
+        if path.is_file() and not path.is_symlink() and _contains(path, needle):
+            hits.append(str(path.relative_to(env_dir)))
+    return hits
+
+
+def _contains(path: Path, needle: bytes, chunk: int = 1 << 24) -> bool:
+    tail = b""
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            if needle in tail + block:
+                return True
+            tail = block[-len(needle) + 1:]
+    return False
+
+
 def phase_worker(work: Path, manifest_path: Path, volume: Path, record: Record) -> None:
-    env_dir = volume / "envs" / read_manifest(manifest_path).env_id
+    manifest = read_manifest(manifest_path)
+    env_dir = volume / "envs" / manifest.env_id
     python = env_dir / "bin" / "python"
     if not python.exists():
         raise SystemExit(f"rehearse: no installed env at {env_dir}: run the install phase first")
+    leftovers = still_naming(env_dir, str(manifest.extra["prefix"]))
+    say(f"relocation: {len(leftovers)} file(s) still name the build prefix {leftovers[:10]}")
     code = ("import importlib, json, time; t = time.perf_counter(); "
             f"[importlib.import_module(m) for m in {list(IMPORTS)!r}]; import torch; "
             "print(json.dumps({'import_s': round(time.perf_counter() - t, 1), 'torch': torch.__version__}))")
@@ -265,6 +288,7 @@ def phase_worker(work: Path, manifest_path: Path, volume: Path, record: Record) 
             worker.stop()
     record.put("worker", {
         "imports": list(IMPORTS), **imports,
+        "files_naming_build_prefix": leftovers,
         "warm_start_to_exec_s": round(t_exec - t0, 2),
         "exec_to_ready_s": round(t_ready - t_exec, 1),
         "downloaded_bytes": worker.ready.get("downloaded_bytes"),

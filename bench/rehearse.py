@@ -1,6 +1,6 @@
 """`just rehearse`: the full-size rehearsal of the production pip lock (a benchmark, not a test).
 
-    python bench/rehearse.py [--work .cache/rehearse] [--repeat 3] [--only pack|install|worker] [--keep-env]
+    python bench/rehearse.py [--work .cache/rehearse] [--repeat 5] [--only pack|install|worker] [--keep-env]
 
 1. lock     a conda lock of the interpreter alone, solved by `pack lock`'s own code from the example
             channel. That interpreter is THIS MACHINE'S CPython repackaged as a conda package
@@ -215,14 +215,15 @@ def phase_install(work: Path, manifest_path: Path, record: Record, repeat: int) 
         for i in range(repeat):
             order = ("ours", "pipe") if i % 2 == 0 else ("pipe", "ours")
             for name in order:
-                dest = work / f"cold-{name}"
+                # The last install of ours stays for the worker phase. It is made in place: the marker
+                # records the env's path, so a volume moved afterwards is installed again.
+                keep = name == "ours" and i == repeat - 1
+                dest = kept if keep else work / f"cold-{name}"
                 shutil.rmtree(dest, ignore_errors=True)
                 subprocess.run(["sync"], check=True)
                 took = run_ours(url, dest) if name == "ours" else run_pipeline(url, parts, dest)
                 (ours if name == "ours" else pipe).append(round(took, 2))
-                if name == "ours" and i == repeat - 1:
-                    dest.rename(kept)
-                else:
+                if not keep:
                     shutil.rmtree(dest, ignore_errors=True)
                 Path(f"{dest}.sha256").unlink(missing_ok=True)
             say(f"install round {i + 1}/{repeat}: ours {ours[-1]:.1f} s, pipeline {pipe[-1]:.1f} s")
@@ -319,7 +320,7 @@ def summary(record: Record) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "rehearse")
-    ap.add_argument("--repeat", type=int, default=3, help="cold installs of each kind (alternating)")
+    ap.add_argument("--repeat", type=int, default=5, help="cold installs of each kind (alternating)")
     ap.add_argument("--only", choices=("pack", "install", "worker"))
     ap.add_argument("--keep-env", action="store_true", help="keep the ~9 GB build env after packing")
     args = ap.parse_args(argv)

@@ -1,4 +1,4 @@
-# Recipes are a contract (shared/DESIGN.md): pack, demo, serve PORT, test, lint. Run them through
+# Recipes are a contract (shared/DESIGN.md): pack, demo, serve PORT, rehearse, test, lint. Run them through
 # ./dev on a fresh machine (it installs .venv first); inside .venv, plain `just` works too.
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
@@ -35,3 +35,8 @@ lint *ARGS:
 # Everything a release tag needs, checked before tagging.
 release TAG:
     python scripts/release_check.py {{ TAG }}
+
+# Full-size rehearsal of the production pip lock (a benchmark, not a test: ~1-2 h, ~25 GB of disk);
+# figures in .cache/rehearse/rehearsal.json, recorded in docs/BENCHMARKS.md.
+rehearse *ARGS:
+    python bench/rehearse.py {{ ARGS }}

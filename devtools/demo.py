@@ -3,10 +3,13 @@
     python -m devtools.demo [--work .cache/demo] [--keep-volume] [--port N]
 
 1. models   tiny random-weight F5-TTS / Vocos / Whisper / wav2vec2 models (worker.tiny), made once
-2. wheels   the worker's CPU runtime (env/demo/requirements.lock) downloaded into a wheelhouse, once
+2. wheels   the production pip lock's files (env/requirements.lock: the same torch 2.8 + CUDA wheels
+            that ship; they run on a CPU) in the wheelhouse .cache/wheels, which ./dev fills from PyPI
+            when it installs the venv from the same lock; checked by hash, downloaded only if missing
 3. pack     the bundled example env (conda packages built from env/example recipes, with an interpreter)
-            + that runtime installed with the env's own pip (--no-deps --require-hashes), packed into
-            zstd parts + manifest.json; reused when the manifest for the same inputs is already there
+            + that lock installed with the env's own pip (--no-deps --require-hashes), packed into
+            zstd parts + manifest.json; reused when the manifest for the same inputs is already there.
+            The build env (~9 GB) is deleted once packed: a reuse needs only the release directory
 4. serve    the release directory over HTTP (Range) on 127.0.0.1, as GitHub would serve release assets
 5. install  the real installer (python -m worker.bootstrap) onto a temporary volume, which then execs
             the worker from the installed env's own interpreter on the runpod local API
@@ -23,7 +26,6 @@ import argparse
 import base64
 import contextlib
 import json
-import re
 import shutil
 import signal
 import socket
@@ -38,20 +40,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devtools import child_env
+from devtools import child_env, devenv
 from devtools.release_server import ReleaseServer
 from worker.bootstrap.manifest import read_manifest, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_LOCK = ROOT / "env" / "demo" / "requirements.lock"
+# The production pip lock itself: the demo env holds what ships (one resolution, see env/README.md).
+DEMO_LOCK = devenv.LOCK
 # The demo packs at a fast level: it is a local round trip, not a release (the release level is pack's
 # default, measured in docs/BENCHMARKS.md).
-DEMO_LEVEL = 3
-# torchaudio 2.11's compiled extensions link CUDA libraries the CPU torch lacks; F5-TTS only needs its
-# pure-Python transforms, so the demo env drops them, exactly as scripts/install-requirements does.
-DEMO_PRUNE = "lib/python3.*/site-packages/torchaudio/lib/*.so"
-# What pip's isolated builds of the lock's sdist-only packages (antlr4-python3-runtime, encodec) need.
-SDIST_BUILD_BACKEND = ["setuptools==84.2.1", "wheel==0.48.0"]
+DEMO_LEVEL = 1
 REF_TEXT = "Some call me nature, others call me mother nature."
 TEXT = "The whole chain ran offline. It packed, served, installed and started this worker."
 
@@ -130,37 +128,25 @@ def phase_models(cache: Path, note: list[str]) -> dict[str, str]:
     return tiny_env(root)
 
 
-def locked_hashes(lock: Path) -> set[str]:
-    return set(re.findall(r"--hash=sha256:([0-9a-f]{64})", lock.read_text()))
-
-
 def phase_wheels(wheelhouse: Path, note: list[str]) -> None:
-    wheelhouse.mkdir(parents=True, exist_ok=True)
-    files = [p for p in wheelhouse.iterdir() if p.is_file()]
-    backend = all(any(f.name.startswith(spec.replace("==", "-") + "-") for f in files)
-                  for spec in SDIST_BUILD_BACKEND)
-    if backend and locked_hashes(DEMO_LOCK) <= {sha256_file(f) for f in files}:
-        note.append(f"all {len(files)} files already in the wheelhouse, hashes match the lock: reused")
+    if not devenv.wheelhouse_missing(wheelhouse, DEMO_LOCK):
+        note.append(f"every file of {DEMO_LOCK.name} already in {wheelhouse}, hashes match the lock: reused")
         return
-    before = {p.name for p in wheelhouse.iterdir()}
-    run_logged([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--require-hashes",
-                "-r", str(DEMO_LOCK), "-d", str(wheelhouse)], "wheels")
-    # Two locked packages are published as sdists only; the env's pip builds them offline, in isolation,
-    # with this backend from the wheelhouse.
-    run_logged([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                *SDIST_BUILD_BACKEND, "-d", str(wheelhouse)], "wheels")
-    after = {p.name for p in wheelhouse.iterdir()}
-    size = sum(p.stat().st_size for p in wheelhouse.iterdir())
-    new = len(after - before)
-    note.append(f"{len(after)} wheels, {mb(size)}" + (f", {new} downloaded" if new else ", all reused"))
+    before = len(list(wheelhouse.glob("*"))) if wheelhouse.is_dir() else 0
+    run_logged([sys.executable, "-m", "devtools.devenv", "wheels", "--wheelhouse", str(wheelhouse)], "wheels",
+               env=base_env())
+    files = [p for p in wheelhouse.iterdir() if p.is_file()]
+    note.append(f"{len(files)} files, {mb(sum(p.stat().st_size for p in files))}, "
+                f"{len(files) - before} downloaded")
 
 
 def phase_pack(work: Path, wheelhouse: Path, note: list[str]) -> Path:
     release = work / "release"
     out = run_logged([sys.executable, "-m", "pack", "build", "--pip-lock", str(DEMO_LOCK),
                       "--wheelhouse", str(wheelhouse), "--out", str(release), "--work", str(work / "build"),
-                      "--name", "demo", "--level", str(DEMO_LEVEL), "--prune", DEMO_PRUNE, "--reuse"],
+                      "--name", "demo", "--level", str(DEMO_LEVEL), "--reuse"],
                      "pack", env=base_env())
+    shutil.rmtree(work / "build" / "envs", ignore_errors=True)
     manifest_path = Path(out[-1].strip())
     manifest = read_manifest(manifest_path)
     note.append(f"env_id {manifest.env_id[:12]}, {len(manifest.parts)} part(s), archive "
@@ -298,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "demo",
                         help="where wheels, the build and the release are kept between runs")
     parser.add_argument("--tiny-cache", type=Path, default=ROOT / ".cache" / "tiny-models")
+    parser.add_argument("--wheelhouse", type=Path, default=devenv.WHEELHOUSE,
+                        help="the lock's wheels (shared with ./dev's venv install)")
     parser.add_argument("--port", type=int, default=0, help="local API port (default: a free one)")
     parser.add_argument("--keep-volume", action="store_true", help="keep the temporary volume afterwards")
     args = parser.parse_args(argv)
@@ -311,9 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         with summary.phase("models") as note:
             worker_env = phase_models(args.tiny_cache, note)
         with summary.phase("wheels") as note:
-            phase_wheels(work / "wheelhouse", note)
+            phase_wheels(args.wheelhouse, note)
         with summary.phase("pack") as note:
-            manifest_path = phase_pack(work, work / "wheelhouse", note)
+            manifest_path = phase_pack(work, args.wheelhouse, note)
         manifest = read_manifest(manifest_path)
         with ReleaseServer(manifest_path.parent) as server:
             with summary.phase("install") as note:

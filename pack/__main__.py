@@ -64,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("--out", type=Path, default=Path("env"))
     lk.add_argument("--platform", default="linux-64")
     lk.add_argument("--only", choices=("conda", "pip"), help="regenerate only one of the two locks")
+    lk.add_argument("--exclude-newer", metavar="WHEN",
+                    help="cutoff: nothing published after it is considered (YYYY-MM-DD or "
+                    "YYYY-MM-DDTHH:MM:SSZ; default: the start of today, UTC); recorded in the lock")
+    lk.add_argument("--check", action="store_true",
+                    help="write nothing: report whether each lock in --out was made from the spec as it "
+                    "is now (recorded digests, offline); exit 1 if not")
+    lk.add_argument("--resolve", action="store_true",
+                    help="with --check: also solve again at each lock's recorded cutoff and compare bytes "
+                    "(needs the spec's channels and index)")
     return parser
 
 
@@ -103,14 +112,25 @@ def main(
             result = build(options_from_args(args))
             print(result.manifest_path)
         else:
+            if args.check or args.resolve:
+                return _check_locks(args)
             if lock is None:
                 from .lock import lock
-            for path in lock(args.spec, args.out, args.platform, args.only):
+            for path in lock(args.spec, args.out, args.platform, args.only, args.exclude_newer):
                 print(path)
     except PackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _check_locks(args: argparse.Namespace) -> int:
+    from .lock import check
+
+    findings = check(args.spec, args.out, args.platform, args.only, resolve=args.resolve)
+    for finding in findings:
+        print(f"{'ok' if finding.ok else 'STALE'} {finding.path}: {finding.detail}")
+    return 0 if all(f.ok for f in findings) else 1
 
 
 if __name__ == "__main__":

@@ -31,12 +31,10 @@ from .collect import collect, load_env
 from .create import create_conda_env, pip_install
 from .errors import PackError
 from .lockfile import find_conda_lock, pip_lock_digest, read_conda_lock
-from .options import PackOptions
+from .options import DEFAULT_SOURCE_DATE_EPOCH, PackOptions
 
 log = logging.getLogger(__name__)
 
-# Fixed default for tar mtimes and .pyc hashes when SOURCE_DATE_EPOCH is unset: 2026-01-01T00:00:00Z.
-DEFAULT_SOURCE_DATE_EPOCH = 1767225600
 # Bump when the archive layout changes in a way that changes the bytes for the same inputs.
 LAYOUT = "pack-1"
 

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from . import agree
 from .errors import PackError
 from .lockfile import CondaLock, fetch_packages
 
@@ -85,6 +86,9 @@ def pip_install(prefix: Path, pip_lock: Path, wheelhouse: Path | None, source_da
             f"the env has no bin/python at {python}",
             "the conda lock must include python and pip for a pip lock to be installed",
         )
+    # Before pip touches anything: a pinned version other than the one conda installed would make pip
+    # replace conda's files (conda-pack then refuses the env).
+    agree.check_prefix(prefix, pip_lock)
     # -I -B: ignore user site and PYTHON* vars, and do not write .pyc files for pip itself.
     cmd = [
         str(python),

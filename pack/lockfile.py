@@ -171,7 +171,7 @@ def pip_lock_digest(path: Path) -> str:
         text = path.read_text()
     except OSError as exc:
         raise PackError("lock", f"could not read pip lock {path}: {exc.strerror or exc}") from None
-    requirements = [ln for ln in _logical_lines(text) if not ln.startswith("-")]
+    requirements = [ln for ln in logical_lines(text) if not ln.startswith("-")]
     unhashed = [ln.split()[0] for ln in requirements if "--hash=" not in ln]
     if unhashed:
         raise PackError(
@@ -182,7 +182,7 @@ def pip_lock_digest(path: Path) -> str:
     return sha256_file(path)
 
 
-def _logical_lines(text: str) -> list[str]:
+def logical_lines(text: str) -> list[str]:
     """Requirement lines with backslash continuations joined and comments dropped."""
     lines: list[str] = []
     current = ""

@@ -17,6 +17,8 @@ DEFAULT_LEVEL = 19
 DEFAULT_LONG = 27
 # conda's binary prefix placeholder is 255 characters; a longer destination cannot be patched in.
 PLACEHOLDER_LENGTH = 255
+# Fixed default for tar mtimes and .pyc hashes when SOURCE_DATE_EPOCH is unset: 2026-01-01T00:00:00Z.
+DEFAULT_SOURCE_DATE_EPOCH = 1767225600
 
 
 @dataclass(frozen=True)

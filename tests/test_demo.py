@@ -1,6 +1,6 @@
 """`just demo`, the README's first command: the whole chain offline, run for real, twice.
 
-Pack (example env + the worker's CPU runtime from env/demo/requirements.lock) -> a Range HTTP server on
+Pack (example env + the production pip lock, env/requirements.lock) -> a Range HTTP server on
 127.0.0.1 -> the real installer onto a temporary volume -> the worker exec'd from the installed env's
 own interpreter on the runpod local API -> a TTS job with timestamps + SRT and a transcription job.
 It shares the demo's caches (.cache/demo, .cache/tiny-models) with `just demo`, as a developer would.

@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# The slim RunPod image: CPython + the bootstrap + the worker's own code, and no ML dependency. The ML
+# The slim RunPod image: CPython + the artifact contract, the bootstrap and the worker's own code, and
+# no ML dependency. The ML
 # environment (torch, F5-TTS, WhisperX: 6-8 GB) is a release artifact that `python -m worker.bootstrap`
 # installs onto the network volume once, then execs `<env>/bin/python -m worker` with this code on
 # PYTHONPATH. Layer sizes and how they were estimated: docs/image.md. Deployment: docs/deploy.md.
@@ -38,8 +39,9 @@ RUN PIP_ROOT_USER_ACTION=ignore python -m pip install --no-cache-dir --disable-p
 # The project's code, last: it changes most often and is the smallest layer. Byte-compiled once here
 # (the env's interpreter is CPython 3.11 too, so it reuses these .pyc files on every cold start).
 WORKDIR /opt/app
+COPY artifact/ /opt/app/artifact/
 COPY worker/ /opt/app/worker/
-RUN python -m compileall -q /opt/app/worker
+RUN python -m compileall -q /opt/app/artifact /opt/app/worker
 
 # Runs as root on purpose: RunPod network volumes are mounted root-owned at /runpod-volume and are shared
 # with pods that write as root; a non-root user could not create envs/ there without a chown of the whole

@@ -73,7 +73,7 @@ def apt_zstd_layer(work: Path) -> dict[str, int] | None:
 
 def worker_layers(work: Path) -> tuple[dict[str, int], dict[str, int]]:
     files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--cached", "--others", "--exclude-standard",
-                            "worker"], capture_output=True, text=True, check=True).stdout.split()
+                            "artifact", "worker"], capture_output=True, text=True, check=True).stdout.split()
     app = work / "app"
     for rel in files:
         if "__pycache__" in rel or rel.endswith(".pyc") or not (ROOT / rel).is_file():
@@ -81,7 +81,7 @@ def worker_layers(work: Path) -> tuple[dict[str, int], dict[str, int]]:
         (app / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, app / rel)
     code = layer_sizes(app)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(app / "worker")], check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(app / "artifact"), str(app / "worker")], check=True)
     pyc = work / "pyc"
     for path in app.rglob("*.pyc"):
         (pyc / path.relative_to(app)).parent.mkdir(parents=True, exist_ok=True)

@@ -31,9 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from artifact.manifest import Archive, Part, make_manifest  # noqa: E402
 from devtools import child_env  # noqa: E402
 from devtools.release_server import ReleaseServer  # noqa: E402
-from worker.bootstrap.manifest import Archive, Part, make_manifest  # noqa: E402
 
 SHIM = b"#!/bin/sh\nexit 0\n"
 PART_SIZE = 128 * 1024 * 1024

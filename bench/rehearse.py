@@ -38,9 +38,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from artifact.files import sha256_file, write_atomic  # noqa: E402
+from artifact.manifest import read_manifest  # noqa: E402
 from devtools import child_env, demo, devenv  # noqa: E402
 from devtools.release_server import ReleaseServer  # noqa: E402
-from worker.bootstrap.manifest import read_manifest, sha256_file  # noqa: E402
 
 # The worker's imports (issue 9): what a shipped env must hold.
 IMPORTS = ("torch", "torchaudio", "f5_tts.model", "f5_tts.infer.utils_infer", "vocos", "whisperx",
@@ -114,9 +115,7 @@ class Record:
 
     def put(self, phase: str, figures: dict) -> None:
         self.data[phase] = figures
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
         say(f"{phase}: {json.dumps(figures)}")
 
 

@@ -40,9 +40,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from artifact.files import sha256_file
+from artifact.manifest import read_manifest
 from devtools import child_env, devenv
 from devtools.release_server import ReleaseServer
-from worker.bootstrap.manifest import read_manifest, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 # The production pip lock itself: the demo env holds what ships (one resolution, see env/README.md).

@@ -33,11 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python3 -m devtools.devenv` by a fresh machine's system Python
     sys.path.insert(0, str(ROOT))
 
+from artifact.files import sha256_file, write_atomic  # noqa: E402
 from pack.agree import normalize, pip_pins  # noqa: E402
 from pack.create import pip_install  # noqa: E402
 from pack.lockfile import logical_lines  # noqa: E402
 from pack.options import DEFAULT_SOURCE_DATE_EPOCH  # noqa: E402
-from worker.bootstrap.manifest import sha256_file  # noqa: E402
 
 LOCK = ROOT / "env" / "requirements.lock"
 OVERRIDES = ROOT / "env" / "pip-overrides.txt"
@@ -94,9 +94,7 @@ def wheelhouse_hashes(wheelhouse: Path = WHEELHOUSE) -> dict[str, str]:
         else:
             fresh[path.name] = [st.st_size, st.st_mtime_ns, sha256_file(path)]
     if fresh != index and wheelhouse.is_dir():
-        tmp = index_path.with_name(index_path.name + ".tmp")
-        tmp.write_text(json.dumps(fresh, indent=0, sort_keys=True))
-        os.replace(tmp, index_path)
+        write_atomic(index_path, json.dumps(fresh, indent=0, sort_keys=True))
     return {name: entry[2] for name, entry in fresh.items()}
 
 

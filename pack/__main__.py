@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--name", default=None, help="artifact name (default: example, or env with --lock)")
     b.add_argument("--level", type=int, default=DEFAULT_LEVEL, help="zstd level (default %(default)s)")
     b.add_argument(
-        "--threads", type=int, default=2, help="zstd worker threads, >= 1 (output is the same for any)"
+        "--threads", type=int, default=2, help="zstd compression threads, >= 1 (output is the same for any)"
     )
     b.add_argument(
         "--long", type=int, default=DEFAULT_LONG, help="zstd window log, 0 = off (default %(default)s)"

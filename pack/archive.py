@@ -20,7 +20,7 @@ from pathlib import Path
 
 import zstandard
 
-from worker.bootstrap.manifest import Part
+from artifact.manifest import Part
 
 from .collect import Entry
 from .errors import PackError

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from importlib import metadata
@@ -15,15 +14,8 @@ from pathlib import Path
 
 import zstandard
 
-from worker.bootstrap.manifest import (
-    MANIFEST_NAME,
-    Archive,
-    Manifest,
-    ManifestError,
-    make_manifest,
-    read_manifest,
-    sha256_file,
-)
+from artifact.files import sha256_file, write_atomic
+from artifact.manifest import MANIFEST_NAME, Archive, Manifest, ManifestError, make_manifest, read_manifest
 
 from . import example
 from .archive import ZstdSettings, write_archive
@@ -210,25 +202,6 @@ def _remove_previous(out: Path, name: str) -> None:
     (out / MANIFEST_NAME).unlink(missing_ok=True)
     for old in out.glob(f"{name}-*.tar.zst.[0-9][0-9][0-9]"):
         old.unlink()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dirfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
 
 
 def _pack_options(options: PackOptions) -> dict[str, object]:

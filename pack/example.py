@@ -18,7 +18,7 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 
-from worker.bootstrap.manifest import sha256_file
+from artifact.files import sha256_file
 
 from .errors import PackError
 

@@ -24,8 +24,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from artifact.files import write_atomic
+
 from . import agree
-from .build import write_atomic
 from .errors import PackError
 from .spec import (
     VIRTUAL_PACKAGES,

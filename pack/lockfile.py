@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.bootstrap.manifest import sha256_file
+from artifact.files import sha256_file
 
 from .errors import PackError
 

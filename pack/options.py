@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.bootstrap.manifest import GITHUB_ASSET_LIMIT
+from artifact.manifest import GITHUB_ASSET_LIMIT
 
 from .errors import PackError
 

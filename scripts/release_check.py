@@ -40,7 +40,7 @@ TAG_RE = re.compile(r"v(?P<version>(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-(rc
 CONDA_LOCK = "env/conda-linux-64.lock"
 PIP_LOCK = "env/requirements.lock"
 ENV_SPEC = "environment.yml"
-CONTRACT_TESTS = "tests/test_manifest.py"
+CONTRACT_TESTS = "tests/artifact/test_manifest.py"
 HUB_JSON = ".runpod/hub.json"
 TESTS_JSON = ".runpod/tests.json"
 LATEST_MANIFEST = "https://github.com/{repo}/releases/latest/download/manifest.json"
@@ -193,7 +193,7 @@ def check_contract(ctx: Context) -> Check:
     if not (ctx.root / CONTRACT_TESTS).is_file():
         return Check("contract", False, f"{CONTRACT_TESTS} is missing", "restore the manifest contract tests")
     return _run(ctx, "contract", [ctx.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", CONTRACT_TESTS],
-                "the manifest format-1 contract is broken: fix worker/bootstrap/manifest.py")
+                "the manifest format-1 contract is broken: fix artifact/manifest.py")
 
 
 def _repository(ctx: Context) -> str | None:

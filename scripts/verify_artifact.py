@@ -13,22 +13,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from worker.bootstrap.manifest import (  # noqa: E402  (the repo root goes on sys.path first)
-    HASH_CHUNK,
-    MANIFEST_NAME,
-    Manifest,
-    ManifestError,
-    read_manifest,
-    sha256_file,
-)
+# The repo root goes on sys.path first.
+from artifact.files import HASH_CHUNK, sha256_file, write_atomic  # noqa: E402
+from artifact.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest  # noqa: E402
 
 SUMS_NAME = "SHA256SUMS"
 
@@ -68,13 +61,7 @@ def write_sums(directory: Path, manifest: Manifest, target: Path) -> None:
     """SHA256SUMS: the manifest first, then the parts in order (hashes from the manifest, just checked)."""
     lines = [f"{sha256_file(directory / MANIFEST_NAME)}  {MANIFEST_NAME}"]
     lines += [f"{part.sha256}  {part.name}" for part in manifest.parts]
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
+    write_atomic(target, "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from worker.bootstrap.manifest import MANIFEST_NAME, Archive, Part, make_manifest
+from artifact.manifest import MANIFEST_NAME, Archive, Part, make_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 PLACEHOLDER = "/opt/placeholder-prefix-" + "x" * 40
@@ -362,8 +362,8 @@ class Placement:
     def check_never_broken(self, vol: Path, artifact: Artifact, container: str = "c0") -> bool:
         """Whatever the volume and the container say is ready is complete and right. Returns whether the
         env is ready for ``container``."""
+        from artifact.files import sha256_file
         from worker.bootstrap.layout import Layout
-        from worker.bootstrap.manifest import sha256_file
         from worker.bootstrap.parts import parts_ready
 
         layout = Layout(vol)

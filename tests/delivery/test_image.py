@@ -31,6 +31,8 @@ from .conftest import REPO, serve
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 # Variables for the Python runtime itself rather than for the installer.
 RUNTIME_ENV = {"PYTHONPATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
+# The code the image copies: the artifact contract and the worker (bootstrap included).
+CODE_TREES = ("artifact/", "worker/")
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -82,6 +84,7 @@ def test_entrypoint_workdir_and_pythonpath_fit_together() -> None:
     assert env_pairs()["PYTHONPATH"] == workdir
     copies = [rest.split() for word, rest in ins if word == "COPY"]
     assert ["worker/", f"{workdir}/worker/"] in copies
+    assert ["artifact/", f"{workdir}/artifact/"] in copies
     assert not [word for word, _ in ins if word == "HEALTHCHECK"]  # serverless ignores it (docs/image.md)
 
 
@@ -118,8 +121,8 @@ def image_context(root: Path) -> list[str]:
 def test_dockerignore_lets_through_only_what_the_image_needs() -> None:
     context = image_context(REPO)
     assert "requirements/image.txt" in context
-    assert "worker/bootstrap/__main__.py" in context and "worker/bootstrap/manifest.py" in context
-    outside = [f for f in context if not (f.startswith("worker/") or f == "requirements/image.txt")]
+    assert "worker/bootstrap/__main__.py" in context and "artifact/manifest.py" in context
+    outside = [f for f in context if not (f.startswith(CODE_TREES) or f == "requirements/image.txt")]
     assert not outside, f"the build context carries files the image does not use: {outside}"
     assert not [f for f in context if "__pycache__" in f or f.endswith(".pyc")]
 
@@ -130,7 +133,7 @@ def image_like(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     zstandard as the Dockerfile leaves it (C backend only) are importable. No runpod SDK."""
     app = tmp_path / "opt" / "app"
     for rel in image_context(REPO):
-        if rel.startswith("worker/"):
+        if rel.startswith(CODE_TREES):
             (app / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, app / rel)
     import zstandard

@@ -54,8 +54,7 @@ def ready_repo(root: Path) -> Path:
     (root / "environment.yml").write_text(yaml.safe_dump(SPEC))
     commit(root, "spec")
     write_locks(root)
-    for rel in ("tests/test_manifest.py", "worker/__init__.py", "worker/bootstrap/__init__.py",
-                "worker/bootstrap/manifest.py"):
+    for rel in ("tests/artifact/test_manifest.py", "artifact/__init__.py", "artifact/manifest.py"):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, root / rel)
     commit(root, "locks")
@@ -115,7 +114,7 @@ def _tag_exists(repo: Path) -> None:
 
 
 def _broken_contract(repo: Path) -> None:
-    path = repo / "worker/bootstrap/manifest.py"
+    path = repo / "artifact/manifest.py"
     path.write_text(path.read_text().replace("FORMAT = 1", "FORMAT = 2"))
     commit(repo, "break the contract")
 

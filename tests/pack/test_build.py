@@ -13,8 +13,9 @@ import pytest
 import zstandard
 from packtest_helpers import PART_SIZE, Packed, options_for
 
+from artifact.files import sha256_file
+from artifact.manifest import GITHUB_ASSET_LIMIT, read_manifest
 from pack.build import DEFAULT_SOURCE_DATE_EPOCH, build
-from worker.bootstrap.manifest import GITHUB_ASSET_LIMIT, read_manifest, sha256_file
 
 
 def _stream(out: Path, manifest) -> bytes:

@@ -12,13 +12,13 @@ import pytest
 import yaml
 from packtest_helpers import build_wheel, options_for, pip_lock_for
 
+from artifact.files import sha256_file
 from pack.__main__ import main
 from pack.build import build
 from pack.errors import PackError
 from pack.lock import CUTOFF_KEY, DIGEST_KEY, check, lock, read_header
 from pack.lockfile import logical_lines, read_conda_lock
 from pack.spec import python_version, read_spec
-from worker.bootstrap.manifest import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 CUTOFF = "2100-01-01T00:00:00Z"  # after the local channel's packages were built

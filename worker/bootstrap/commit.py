@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from artifact.files import write_atomic
+from artifact.manifest import Manifest
+
 from .errors import BootstrapError
 from .layout import INSTALL_ID_FILE, Layout
-from .lease import write_atomic
-from .manifest import Manifest
 
 log = logging.getLogger("commit")
 

@@ -22,9 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from artifact.files import fsync_path
+from artifact.manifest import Manifest, Part
+
 from .errors import BootstrapError
 from .fetch import CHUNK, FetchError, Transport, read_chunk
-from .manifest import Manifest, Part
 
 log = logging.getLogger("download")
 
@@ -202,7 +204,7 @@ class Downloads:
                 continue
             got_hex = digest.hexdigest()
             if got_hex == f.part.sha256:
-                _fsync_path(f.partial)
+                fsync_path(f.partial)
                 os.replace(f.partial, f.final)
                 self._publish(f.index, f.part.size, done=True)
                 log.info("part %s verified (%s)", f.part.name, human_mb(f.part.size))
@@ -290,12 +292,6 @@ def _truncate(path: Path) -> None:
         os.truncate(path, 0)
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ArchiveStream(io.RawIOBase):

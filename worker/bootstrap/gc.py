@@ -20,9 +20,11 @@ import secrets
 import shutil
 from pathlib import Path
 
+from artifact.files import write_atomic
+
 from .commit import read_marker, uncommit
 from .layout import MARKER_SUFFIX, Layout
-from .lease import IN_USE_TTL_S, Lease, live_users, write_atomic
+from .lease import IN_USE_TTL_S, Lease, live_users
 
 log = logging.getLogger("gc")
 

@@ -22,13 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from artifact.files import write_atomic
+from artifact.manifest import Manifest, ManifestError, parse_manifest
+
 from . import commit as commit_phase
 from . import preflight
 from .config import Config
 from .errors import BootstrapError
 from .layout import INSTALL_ID_FILE, Layout
-from .lease import InUse, Lease, LeaseLost, write_atomic
-from .manifest import Manifest, ManifestError, parse_manifest
+from .lease import InUse, Lease, LeaseLost
 
 log = logging.getLogger("install")
 mlog = logging.getLogger("manifest")
@@ -322,10 +324,11 @@ def _check_space(config: Config, layout: Layout, manifest: Manifest, env_dir: Pa
 
 def _extract_verified(layout: Layout, manifest: Manifest, env_dir: Path, downloads: Any, lease: Lease,
                       reporter: _Progress) -> tuple[str, Any]:
+    from artifact.files import sha256_file
+
     from . import gc
     from .download import ArchiveStream, StreamRestart
     from .extract import ExtractError, Extractor
-    from .manifest import sha256_file
 
     for round_ in range(1, MAX_EXTRACT_ROUNDS + 1):
         install_id = commit_phase.new_install_id(env_dir)

@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from artifact.files import write_atomic
+
 log = logging.getLogger("lease")
 
 _CLAIM = ".takeover-"
@@ -57,30 +59,6 @@ def _proc_start(pid: int) -> str | None:
     # The command name may hold spaces and parentheses; the fields after the last ')' are fixed.
     fields = stat.rsplit(")", 1)[1].split()
     return fields[19] if len(fields) > 19 else None
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, ``os.replace``: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from artifact.files import sha256_file, write_atomic
+from artifact.manifest import Manifest
+
 from . import commit as commit_phase
 from . import preflight
 from .config import Config
@@ -34,8 +37,7 @@ from .download import Downloads
 from .errors import BootstrapError
 from .install import Phase, Result, _extract_verified, _Progress, _ready, acquire, env_lease, transport_for
 from .layout import Layout
-from .lease import Lease, write_atomic
-from .manifest import Manifest, sha256_file
+from .lease import Lease
 
 log = logging.getLogger("install")
 

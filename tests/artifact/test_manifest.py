@@ -8,14 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.bootstrap.manifest import (
-    GITHUB_ASSET_LIMIT,
-    Archive,
-    ManifestError,
-    Part,
-    make_manifest,
-    parse_manifest,
-)
+from artifact.manifest import GITHUB_ASSET_LIMIT, Archive, ManifestError, Part, make_manifest, parse_manifest
 
 H1, H2, H3 = "a" * 64, "b" * 64, "c" * 64
 

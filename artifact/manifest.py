@@ -1,6 +1,6 @@
 """The artifact contract: ``manifest.json``, format 1.
 
-One stdlib-only module that both sides import: ``pack`` writes manifests with it, the bootstrap
+One stdlib-only module that every side imports: ``pack`` writes manifests with it, the bootstrap
 (which runs in the slim image) reads them with it. Keep it free of third-party imports.
 
 Format 1 (required fields; readers ignore unknown fields and refuse an unknown ``format``)::
@@ -22,21 +22,19 @@ Optional fields written by ``pack`` (all readers must treat them as optional):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import reprlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 FORMAT = 1
 MANIFEST_NAME = "manifest.json"
 COMPRESSION = "zstd"
 # GitHub refuses release assets of 2 GiB and more (exactly 2 GiB is reported to fail).
 GITHUB_ASSET_LIMIT = 2 * 1024**3
-HASH_CHUNK = 1 << 20
 _MAX_ISSUES = 20  # listed in one error; the rest are counted
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -255,14 +253,3 @@ def read_manifest(path: str | Path) -> Manifest:
         raise ManifestError(f"could not read manifest {path}: {exc.strerror or exc}") from None
     return parse_manifest(data)
 
-
-def sha256_file(path: str | Path) -> str:
-    with open(path, "rb") as fh:
-        return sha256_stream(fh)
-
-
-def sha256_stream(stream: BinaryIO) -> str:
-    digest = hashlib.sha256()
-    while chunk := stream.read(HASH_CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()

@@ -16,14 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from worker.errors import EngineError
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 WINDOW_S = 30.0
-
-
-class ASRError(ValueError):
-    """Bad input that reached ASR/alignment; the message names the field."""
 
 
 @contextlib.contextmanager
@@ -102,8 +100,8 @@ class WhisperX:
             return cached
         directory = self.align_dirs.get(language)
         if directory is None:
-            raise ASRError(
-                f"language: no alignment model for {language!r} (configured: {', '.join(self.languages)}); "
+            raise EngineError(
+                "language", f"no alignment model for {language!r} (configured: {', '.join(self.languages)}); "
                 "add it to ALIGN_MODELS"
             )
         import whisperx

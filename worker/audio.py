@@ -39,7 +39,8 @@ import numpy as np
 import soundfile
 from scipy.signal import resample_poly
 
-from worker.urlfetch import FetchError, FetchPolicy, fetch, is_url
+from worker.errors import AudioError
+from worker.urlfetch import FetchPolicy, fetch, is_url
 
 _ENCODINGS = {  # job format -> (libsndfile container, subtype)
     "wav": ("WAV", "PCM_16"),
@@ -69,10 +70,6 @@ _NOT_A_PATH = ("local paths and non-http(s) URLs are not accepted; send base64 a
 _WRITE_BLOCK = 1 << 16
 
 
-class AudioError(ValueError):
-    """Job audio is missing, too large, too long or not audio; the message names the field."""
-
-
 @dataclass(frozen=True)
 class Clip:
     samples: np.ndarray  # float32, mono, in [-1, 1]
@@ -87,15 +84,12 @@ def read_source(value: str, policy: FetchPolicy, field: str) -> bytes:
     """The bytes of job audio given as base64 (optionally a data: URI) or an http(s) URL."""
     text = value.strip()
     if is_url(text):
-        try:
-            return fetch(text, policy, field)
-        except FetchError as err:
-            raise AudioError(str(err)) from err
+        return fetch(text, policy, field)
     match = _DATA_URI.match(text)
     if match:
         text = text[match.end():]
     if len(text) * 3 // 4 > policy.max_bytes + 3:
-        raise AudioError(f"{field}: the audio is about {len(text) * 3 // 4} bytes; the limit is "
+        raise AudioError(field, f"the audio is about {len(text) * 3 // 4} bytes; the limit is "
                          f"{policy.max_bytes}")
     try:
         # validate=True: only the base64 alphabet and correct padding (whitespace removed first,
@@ -104,13 +98,13 @@ def read_source(value: str, policy: FetchPolicy, field: str) -> bytes:
         data = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as err:
         if not match and _looks_like_a_location(text):
-            raise AudioError(f"{field}: {_NOT_A_PATH}") from err
-        raise AudioError(f"{field}: neither an http(s) URL nor valid base64 ({err})") from err
+            raise AudioError(field, f"{_NOT_A_PATH}") from err
+        raise AudioError(field, f"neither an http(s) URL nor valid base64 ({err})") from err
     if not data:
-        raise AudioError(f"{field}: the base64 data is empty")
+        raise AudioError(field, "the base64 data is empty")
     if len(data) < _MIN_AUDIO_BYTES and not match and _looks_like_a_location(text):
         # "/tmp/abcd" happens to be valid base64, of 6 bytes no audio file can fit in: a path was meant.
-        raise AudioError(f"{field}: {_NOT_A_PATH}")
+        raise AudioError(field, f"{_NOT_A_PATH}")
     return data
 
 
@@ -133,12 +127,12 @@ def decode(data: bytes, field: str, max_seconds: float, rate: int | None = None)
     except AudioError:
         raise
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
-        raise AudioError(f"{field}: not readable audio (wav, flac, ogg or mp3 expected): {err}") from err
+        raise AudioError(field, f"not readable audio (wav, flac, ogg or mp3 expected): {err}") from err
     out_rate = rate or source_rate
     if mono.size == 0:
-        raise AudioError(f"{field}: the audio has no samples")
+        raise AudioError(field, "the audio has no samples")
     if mono.size / out_rate > max_seconds:
-        raise AudioError(f"{field}: the audio is {mono.size / out_rate:.1f} s long; the limit is "
+        raise AudioError(field, f"the audio is {mono.size / out_rate:.1f} s long; the limit is "
                          f"{max_seconds:g} s")
     return Clip(np.ascontiguousarray(np.clip(mono, -1.0, 1.0), dtype=np.float32), int(out_rate))
 
@@ -147,13 +141,13 @@ def _check_header(sound: soundfile.SoundFile, field: str, max_seconds: float) ->
     """What decoding will cost, from the header, before any of it: refuse what is out of range."""
     rate, channels, frames = int(sound.samplerate), int(sound.channels), int(sound.frames)
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        raise AudioError(f"{field}: the header says {rate} Hz; accepted sample rates are "
+        raise AudioError(field, f"the header says {rate} Hz; accepted sample rates are "
                          f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz")
     if not 1 <= channels <= MAX_CHANNELS:
-        raise AudioError(f"{field}: the header says {channels} channels; at most {MAX_CHANNELS} are "
+        raise AudioError(field, f"the header says {channels} channels; at most {MAX_CHANNELS} are "
                          "accepted (mix it down to mono or stereo)")
     if frames / rate > max_seconds * _DECLARED_SLACK:
-        raise AudioError(f"{field}: the audio is {frames / rate:.1f} s long; the limit is "
+        raise AudioError(field, f"the audio is {frames / rate:.1f} s long; the limit is "
                          f"{max_seconds:g} s")
     return rate
 
@@ -168,7 +162,7 @@ def _read_mono(sound: soundfile.SoundFile, source_rate: int, rate: int | None, f
             break
         mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0].copy()
         if not np.all(np.isfinite(mono)):
-            raise AudioError(f"{field}: the audio holds NaN or infinite samples")
+            raise AudioError(field, "the audio holds NaN or infinite samples")
         pieces.append(resampler.push(mono) if resampler is not None else mono)
     if resampler is not None:
         pieces.append(resampler.push(np.zeros(0, np.float32), last=True))

@@ -43,6 +43,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker.errors import SettingsError
+
 # The default repos' revisions. No commit hash could be looked up from this offline workplace, so the
 # defaults name the branch; set a commit hash in the variable (hf:repo@<sha>) to pin a deployment. The
 # download marker records the revision the files were fetched at (worker/models.py).
@@ -60,8 +62,7 @@ DEFAULT_ALIGN = "en"
 DEFAULT_TORCHAUDIO_URL = "https://download.pytorch.org/torchaudio/models"
 
 
-class ConfigError(ValueError):
-    """A variable has a value the worker cannot use; the message names it."""
+ConfigError = SettingsError  # a variable has a value the worker cannot use; ``where`` names it
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -72,7 +73,7 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if raw in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(f"config: {name}={raw!r} is not a boolean (use 1 or 0)")
+    raise ConfigError(name, "is not a boolean (use 1 or 0)", value=raw)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -82,16 +83,16 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(f"config: {name}={raw!r} is not an integer") from None
+        raise ConfigError(name, "is not an integer", value=raw) from None
     if value < minimum:
-        raise ConfigError(f"config: {name}={value} must be >= {minimum}")
+        raise ConfigError(name, f"must be >= {minimum}", value=value)
     return value
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env.get(name, "").strip() or default
     if value not in choices:
-        raise ConfigError(f"config: {name}={value!r} must be one of {', '.join(choices)}")
+        raise ConfigError(name, f"must be one of {', '.join(choices)}", value=value)
     return value
 
 
@@ -102,7 +103,7 @@ def parse_align_models(raw: str) -> dict[str, str]:
     for item in filter(None, (part.strip() for part in raw.split(","))):
         lang, sep, spec = item.partition("=")
         if not lang.strip() or (sep and not spec.strip()):
-            raise ConfigError(f"config: ALIGN_MODELS item {item!r} is not lang or lang=model")
+            raise ConfigError("ALIGN_MODELS", f"item {item!r} is not lang or lang=model")
         out[lang.strip()] = spec.strip() if sep else WHISPERX_DEFAULT
     return out
 
@@ -148,7 +149,7 @@ class WorkerConfig:
         default_language = env.get("DEFAULT_LANGUAGE", "").strip() or "en"
         if default_language not in align:
             raise ConfigError(
-                f"config: DEFAULT_LANGUAGE={default_language!r} has no alignment model in ALIGN_MODELS "
+                "DEFAULT_LANGUAGE", value=default_language, why=f"has no alignment model in ALIGN_MODELS "
                 f"(has: {', '.join(sorted(align))}); add {default_language} (WhisperX's default) or "
                 f"{default_language}=<dir or hf:repo@rev>"
             )

@@ -16,19 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from worker.config import WorkerConfig
+from worker.errors import DeviceError, EngineError, ModelError
 
 log = logging.getLogger(__name__)
 
 TTS_SAMPLE_RATE = 24_000
 ASR_SAMPLE_RATE = 16_000
-
-
-class EngineError(ValueError):
-    """A bad input that reached the engine; the message names the field and why."""
-
-
-class DeviceError(EngineError):
-    """The GPU the configuration asks for is not there: a fresh container may have one."""
 
 
 @dataclass(frozen=True)
@@ -76,18 +69,18 @@ def pick_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("WORKER_DEVICE=cuda but no CUDA device is visible (torch.cuda.is_available() is "
-                          "False); use auto or cpu to run without one")
+        raise DeviceError("WORKER_DEVICE", "cuda, but no CUDA device is visible (torch.cuda.is_available() "
+                          "is False); use auto or cpu to run without one")
     return name
 
 
 def _check_audio(audio: np.ndarray, field: str) -> np.ndarray:
     arr = np.asarray(audio)
     if arr.ndim != 1 or arr.size == 0:
-        raise EngineError(f"{field}: expected non-empty mono audio, got shape {arr.shape}")
+        raise EngineError(field, f"expected non-empty mono audio, got shape {arr.shape}")
     arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
-        raise EngineError(f"{field}: audio holds NaN or infinite samples")
+        raise EngineError(field, "audio holds NaN or infinite samples")
     return arr
 
 
@@ -183,40 +176,30 @@ class Engine:
                    params: SynthesisParams) -> Iterator[np.ndarray]:
         """Checks the inputs now (EngineError naming the field), then returns an iterator that makes the
         audio batch by batch as it is consumed."""
-        from worker.tts import TTSError
-
         ref = self._check_params(ref_audio, params)
-        try:
-            return self.tts.synthesize(
-                text, ref, ref_text, speed=params.speed, nfe_step=params.nfe_step,
-                cfg_strength=params.cfg_strength, sway_sampling_coef=params.sway_sampling_coef,
-                seed=params.seed, cross_fade_s=params.cross_fade_s,
-                first_chunk_chars=params.first_chunk_chars, check=params.check,
-            )
-        except TTSError as exc:
-            raise EngineError(str(exc).removeprefix("tts: ")) from exc
+        return self.tts.synthesize(
+            text, ref, ref_text, speed=params.speed, nfe_step=params.nfe_step,
+            cfg_strength=params.cfg_strength, sway_sampling_coef=params.sway_sampling_coef,
+            seed=params.seed, cross_fade_s=params.cross_fade_s,
+            first_chunk_chars=params.first_chunk_chars, check=params.check,
+        )
 
     def planned_seconds(self, text: str, ref_audio: np.ndarray, ref_text: str,
                         params: SynthesisParams) -> float:
         """How long the audio of ``synthesize`` with these inputs will be at least, before making it
         (EngineError naming the field for inputs it would refuse)."""
-        from worker.tts import TTSError
-
         ref = self._check_params(ref_audio, params)
-        try:
-            prepared = self.tts.prepare(text, ref, ref_text, speed=params.speed, seed=params.seed or 0,
-                                        first_chunk_chars=params.first_chunk_chars)
-        except TTSError as exc:
-            raise EngineError(str(exc).removeprefix("tts: ")) from exc
+        prepared = self.tts.prepare(text, ref, ref_text, speed=params.speed, seed=params.seed or 0,
+                                    first_chunk_chars=params.first_chunk_chars)
         return self.tts.planned_seconds(prepared, params.speed, params.cross_fade_s)
 
     @staticmethod
     def _check_params(ref_audio: np.ndarray, params: SynthesisParams) -> np.ndarray:
         ref = _check_audio(ref_audio, "ref_audio")
         if params.nfe_step < 1:
-            raise EngineError(f"nfe_step: {params.nfe_step} must be >= 1")
+            raise EngineError("nfe_step", f"{params.nfe_step} must be >= 1")
         if not params.speed > 0:
-            raise EngineError(f"speed: {params.speed} must be > 0")
+            raise EngineError("speed", f"{params.speed} must be > 0")
         return ref
 
     def transcribe(self, audio: np.ndarray, language: str | None = None,
@@ -226,7 +209,8 @@ class Engine:
             from faster_whisper.tokenizer import _LANGUAGE_CODES
 
             if language not in _LANGUAGE_CODES:
-                raise EngineError(f"language: {language!r} is not a Whisper language code (e.g. en, de, fr)")
+                raise EngineError("language",
+                                  f"{language!r} is not a Whisper language code (e.g. en, de, fr)")
         limit = len(audio) / self.asr_sample_rate
         result = self.asr.transcribe(audio, language)
         lang = result.get("language") or language or self.config.default_language
@@ -249,18 +233,13 @@ class Engine:
     def align(self, audio: np.ndarray, text: str, language: str) -> tuple[Word, ...]:
         audio = _check_audio(audio, "audio")
         if not text.strip():
-            raise EngineError("text: empty; nothing to align")
+            raise EngineError("text", "empty; nothing to align")
         limit = len(audio) / self.asr_sample_rate
         segments = self._align_segments([{"text": text, "start": 0.0, "end": limit}], audio, language)
         return tuple(w for s in segments for w in _words(s.get("words", []), limit))
 
     def _align_segments(self, segments: list[dict], audio: np.ndarray, language: str) -> list[dict]:
-        from worker.asr import ASRError
-
-        try:
-            return self.asr.align(segments, audio, language)["segments"]
-        except ASRError as exc:
-            raise EngineError(str(exc)) from exc
+        return self.asr.align(segments, audio, language)["segments"]
 
 
 def _resample(audio: np.ndarray, src: int, dst: int) -> np.ndarray:
@@ -319,7 +298,7 @@ def _ckpt_file(path):
     if path.is_dir():
         found = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".pt"))
         if len(found) != 1:
-            raise EngineError(f"config: F5_CKPT directory {path} must hold one .safetensors/.pt file, "
+            raise ModelError("F5_CKPT", f"directory {path} must hold one .safetensors/.pt file, "
                               f"found {len(found)}; point F5_CKPT at the file")
         return found[0]
     return path

@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from worker.errors import DeviceError, ModelError, SettingsError
+
 log = logging.getLogger("worker")
 
 # Exit codes when nobody is there to answer (a local run without runpod's API): 2 for what the user can
@@ -70,25 +72,15 @@ class StartupFailure:
         return out
 
 
-def _is_gpu_fault(exc: BaseException) -> bool:
+def classify(exc: BaseException, phase: str) -> StartupFailure:
+    """The failure of startup step ``phase`` (config, models, load, warmup, handler) as users see it:
+    by the error's type (worker.errors), never by its message."""
     from worker.handler import is_fatal
 
-    engine = sys.modules.get("worker.engine")  # not imported: nothing could have raised its errors
-    return is_fatal(exc) or (engine is not None and isinstance(exc, engine.DeviceError))
-
-
-def classify(exc: BaseException, phase: str) -> StartupFailure:
-    """The failure of startup step ``phase`` (config, models, load, warmup, handler) as users see it."""
-    from worker.config import ConfigError
-    from worker.limits import LimitsError
-    from worker.models import ModelError
-
     cause = " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever the library wrote
-    for prefix in (f"{phase}: ", "config: ", "models: "):  # the messages name their phase: say it once
-        cause = cause.removeprefix(prefix)
-    if isinstance(exc, ConfigError | LimitsError):
+    if isinstance(exc, SettingsError):
         return StartupFailure("config", cause, _REMEDIES["config"])
-    if _is_gpu_fault(exc):
+    if isinstance(exc, DeviceError) or is_fatal(exc):
         return StartupFailure("cuda", f"{type(exc).__name__}: {cause}", _REMEDIES["cuda"], replace=True,
                               expected=False)
     if isinstance(exc, ModelError):

@@ -46,19 +46,17 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from worker.audio import MIME, AudioError, b64
-from worker.jobs import DeliveryError, JobDeadline, Jobs, JobTimeout, too_large
+from worker.audio import MIME, b64
+from worker.errors import DeliveryError, EngineError, JobError
+from worker.jobs import JobDeadline, Jobs, too_large
 from worker.limits import JobLimits
 from worker.schema import (
-    JobInputError,
     TranscribeRequest,
     TtsRequest,
     VoicesRequest,
     accepted_fields,
     parse_job,
 )
-from worker.urlfetch import FetchError
-from worker.voices import VoiceError
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +66,20 @@ _FATAL_MARKERS = ("CUDA error", "CUDA out of memory", "CUBLAS_STATUS", "CUDNN_ST
 
 
 def is_fatal(err: BaseException) -> bool:
-    """A CUDA fault or OOM: the process's GPU state is suspect, so the worker should be replaced."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(err, getattr(torch.cuda, "OutOfMemoryError", ())):
-        return True
+    """A CUDA fault or OOM: the process's GPU state is suspect, so the worker should be replaced. torch
+    raises these as plain RuntimeErrors (``torch.cuda.OutOfMemoryError`` is one, "CUDA out of memory"),
+    so its wording is all there is to tell them by."""
     text = f"{type(err).__name__}: {err}"
     return isinstance(err, RuntimeError | MemoryError) and any(m in text for m in _FATAL_MARKERS)
 
 
-def _input_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [JobInputError, AudioError, VoiceError, FetchError, DeliveryError,
-                                         JobTimeout]
-    engine = sys.modules.get("worker.engine")
-    if engine is not None and hasattr(engine, "EngineError"):
-        errors.append(engine.EngineError)
-    return tuple(errors)
+def refusal(err: JobError | EngineError) -> str:
+    """What the client reads. The engine names its own arguments (``language``); those that are job
+    fields are the job's ``input.<field>``."""
+    if isinstance(err, EngineError):
+        return "; ".join(str(i._replace(where=f"input.{i.where}")) if i.where in _JOB_FIELDS else str(i)
+                         for i in err.found)
+    return str(err)
 
 
 class Handler:
@@ -96,9 +93,9 @@ class Handler:
         self.on_fatal = on_fatal
 
     def _failure(self, err: BaseException, job_id: str) -> dict:
-        if isinstance(err, _input_errors()):
+        if isinstance(err, JobError | EngineError):
             log.info("handler: job %s refused: %s", job_id, err)
-            return {"error": _as_input_field(str(err))}
+            return {"error": refusal(err)}
         if is_fatal(err):
             log.error("handler: job %s hit a GPU fault; asking for a fresh worker: %s", job_id, err)
             if self.on_fatal is not None:
@@ -171,18 +168,10 @@ def _log_done(job_id: str, task: str, output: dict) -> None:
              ", ".join(f"{k} {v}" for k, v in timings.items() if k != "total"))
 
 
-def _as_input_field(message: str) -> str:
-    """The engine names fields bare ("language: ..."); jobs see them as "input.language: ..."."""
-    name = message.split(":", 1)[0]
-    if name in _JOB_FIELDS and ":" in message:
-        return "input." + message
-    return message
-
-
 def _within(output: dict, limit: int) -> dict:
     size = len(json.dumps(output))
     if size > limit:
-        raise DeliveryError(f"output: the response would be {size} bytes, over the limit of {limit} bytes; "
+        raise DeliveryError("output", f"the response would be {size} bytes, over the limit of {limit} bytes; "
                             "send shorter audio or leave out timestamps/subtitles")
     return output
 

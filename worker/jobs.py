@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from worker import audio, subtitles
+from worker.errors import AudioError, DeliveryError, JobTimeout
 from worker.limits import JobLimits
-from worker.schema import JobInputError, TranscribeRequest, TtsRequest
+from worker.schema import TranscribeRequest, TtsRequest
 from worker.urlfetch import FetchPolicy
 from worker.voices import VoiceLibrary
 
@@ -35,19 +36,11 @@ log = logging.getLogger(__name__)
 _WAV_HEADER = 44
 
 
-class JobTimeout(ValueError):
-    """The job ran past WORKER_JOB_TIMEOUT_S; the message names the variable and the stage."""
-
-
-class DeliveryError(ValueError):
-    """The output is too large to return and no bucket is configured; the message names the limit."""
-
-
 def too_large(size: int, limit: int, what: str = "") -> DeliveryError:
     return DeliveryError(
-        f"output: the response would be {size} bytes{what}, over the limit of {limit} bytes; configure an S3 "
-        "bucket (BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY), ask for format mp3 "
-        "or ogg, send shorter text, or use stream: true")
+        "output", f"the response would be {size} bytes{what}, over the limit of {limit} bytes; configure "
+        "an S3 bucket (BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY), ask for format "
+        "mp3 or ogg, send shorter text, or use stream: true")
 
 
 class JobDeadline:
@@ -63,7 +56,7 @@ class JobDeadline:
             self.stage = stage
         if time.monotonic() > self.end:
             raise JobTimeout(
-                f"job: ran past its deadline of {self.seconds:g} s (WORKER_JOB_TIMEOUT_S) while "
+                "job", f"ran past its deadline of {self.seconds:g} s (WORKER_JOB_TIMEOUT_S) while "
                 f"{self.stage}; send shorter text, a lower nfe_step or a shorter reference, or raise "
                 "WORKER_JOB_TIMEOUT_S")
 
@@ -171,7 +164,7 @@ class Jobs:
         deadline.check("transcribing the reference")
         transcript = self._transcribe_reference(data, clip, request.language)
         if not transcript.text.strip():
-            raise audio.AudioError(f"{field}: no speech was recognised in the reference audio; send its "
+            raise AudioError(field, "no speech was recognised in the reference audio; send its "
                                    "transcript in input.ref_text")
         return _Reference(samples, transcript.text.strip())
 
@@ -181,21 +174,11 @@ class Jobs:
         if cached is not None:
             return cached
         asr_audio = audio.to_rate(clip, self.engine.asr_sample_rate)
-        result = self._asr(asr_audio, language, words=False)
+        result = self.engine.transcribe(asr_audio, language=language, word_timestamps=False)
         found = RefTranscript(result.text, result.language or language)
         self.ref_texts.put(key, found)
         log.info("jobs: transcribed a %.1f s reference (%d chars)", clip.duration, len(found.text))
         return found
-
-    def _asr(self, samples: np.ndarray, language: str | None, words: bool) -> Any:
-        try:
-            return self.engine.transcribe(samples, language=language, word_timestamps=words)
-        except ValueError as err:
-            # faster-whisper refuses a code it does not know with a plain ValueError naming it.
-            if language and type(err) is ValueError and "language" in str(err):
-                raise JobInputError([f"input.language: {language!r} is not a language the speech model "
-                                     "knows (ISO 639-1 codes such as en, de, zh)"]) from err
-            raise
 
     def _params(self, request: TtsRequest, deadline: JobDeadline) -> Any:
         from worker.engine import SynthesisParams
@@ -319,7 +302,7 @@ class Jobs:
         asr_start = time.perf_counter()
         want_words = request.timestamps or request.subtitles is not None
         deadline.check("transcribing")
-        result = self._asr(samples, request.language, words=want_words)
+        result = self.engine.transcribe(samples, language=request.language, word_timestamps=want_words)
         deadline.check("transcribing")
         timings["transcribe"] = round(time.perf_counter() - asr_start, 4)
         out: dict = {

@@ -37,11 +37,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.errors import Issue, SettingsError
+
 DEFAULT_VOLUME = "/runpod-volume"
 
 
-class LimitsError(ValueError):
-    """An environment variable of the job layer is malformed; the message names it."""
+LimitsError = SettingsError  # a variable of the job layer is malformed; ``where`` names it
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class JobLimits:
                  ) -> JobLimits:
         """Read the variables above; ``volume`` (the worker's volume dir) places the voices dir."""
         env = os.environ if env is None else env
-        issues: list[str] = []
+        issues: list[Issue] = []
 
         def number(name: str, default: float, kind: type, minimum: float) -> float:
             raw = env.get(name, "").strip()
@@ -79,16 +80,16 @@ class JobLimits:
             try:
                 value = kind(raw)
             except ValueError:
-                issues.append(f"{name}={raw!r} is not a {kind.__name__}")
+                issues.append(Issue(name, f"is not a {kind.__name__}", raw))
                 return default
             if value < minimum:
-                issues.append(f"{name}={raw!r} must be at least {minimum}")
+                issues.append(Issue(name, f"must be at least {minimum}", raw))
                 return default
             return value
 
         flag = env.get("WORKER_ALLOW_PRIVATE_URLS", "0").strip().lower()
         if flag not in ("", "0", "1", "true", "false", "yes", "no"):
-            issues.append(f"WORKER_ALLOW_PRIVATE_URLS={flag!r} must be 0 or 1")
+            issues.append(Issue("WORKER_ALLOW_PRIVATE_URLS", "must be 0 or 1", flag))
         base = Path(volume if volume is not None else env.get("WORKER_VOLUME", "").strip()
                     or env.get("BOOTSTRAP_VOLUME", "").strip() or DEFAULT_VOLUME)
         voices = env.get("WORKER_VOICES_DIR", "").strip()
@@ -112,5 +113,5 @@ class JobLimits:
             bucket_name=env.get("BUCKET_NAME", "").strip() or None,
         )
         if issues:
-            raise LimitsError("config: " + "; ".join(issues))
+            raise LimitsError.collected(issues)
         return limits

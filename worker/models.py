@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from artifact.files import fsync_tree, write_atomic
+from worker.errors import ModelError
 from worker.model_files import ModelFiles
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,6 @@ MARKER = ".complete"
 LEASE_TTL_S = 120.0
 LEASE_HEARTBEAT_S = 10.0
 _SPEC = re.compile(r"^hf:(?P<repo>[\w.-]+/[\w.-]+)@(?P<rev>[\w./-]+?)(?::(?P<file>.+))?$")
-
-
-class ModelError(RuntimeError):
-    """A model spec cannot be resolved; the message names the variable, the spec and what to do."""
 
 
 @dataclass(frozen=True)
@@ -70,13 +68,13 @@ def parse_spec(spec: str, var: str) -> Path | HubSpec | TorchaudioSpec:
     if spec.startswith("torchaudio:"):
         bundle = spec.removeprefix("torchaudio:")
         if not re.fullmatch(r"[A-Z][A-Z0-9_]*", bundle):
-            raise ModelError(f"models: {var}={spec!r} is not torchaudio:<BUNDLE> (e.g. "
+            raise ModelError(var, value=spec, why="is not torchaudio:<BUNDLE> (e.g. "
                              "torchaudio:WAV2VEC2_ASR_BASE_960H)")
         return TorchaudioSpec(bundle)
     if spec.startswith("hf:"):
         m = _SPEC.match(spec)
         if not m:
-            raise ModelError(f"models: {var}={spec!r} is not hf:<owner>/<name>@<revision>[:<file>]")
+            raise ModelError(var, value=spec, why="is not hf:<owner>/<name>@<revision>[:<file>]")
         return HubSpec(m["repo"], m["rev"], m["file"])
     return Path(spec).expanduser()
 
@@ -100,8 +98,8 @@ def hub_download(spec: HubSpec, dest: Path, token: str | None, endpoint: str | N
         try:
             chosen = needs.select(sorted(sizes))
         except LookupError as exc:
-            raise ModelError(f"{spec.repo_id}@{spec.revision}: {exc}; point the variable at a {needs.name} "
-                             "model") from None
+            raise ModelError(f"{spec.repo_id}@{spec.revision}", f"{exc}; point the variable at a "
+                             f"{needs.name} model") from None
         log.info("models: %s@%s: fetching %d of %d files, %.1f of %.1f MB (%s)", spec.repo_id, spec.revision,
                  len(chosen), len(sizes), sum(sizes[f] for f in chosen) / 1e6, sum(sizes.values()) / 1e6,
                  ", ".join(chosen))
@@ -110,31 +108,17 @@ def hub_download(spec: HubSpec, dest: Path, token: str | None, endpoint: str | N
                       endpoint=endpoint, allow_patterns=patterns)
 
 
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
 def _write_marker(dest: Path, spec: HubSpec) -> None:
     listing = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file() and p.name != MARKER)
     body = json.dumps({"repo": spec.repo_id, "revision": spec.revision, "files": listing,
                        "completed": time.time()}, indent=1)
-    tmp = dest / f".{MARKER}.tmp"
-    tmp.write_text(body)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, dest / MARKER)
+    write_atomic(dest / MARKER, body)
 
 
 def _target(dest: Path, spec: HubSpec, var: str) -> Path:
     path = dest / spec.filename if spec.filename else dest
     if not path.exists():
-        raise ModelError(f"models: {var}: {spec.filename!r} is not in {spec.repo_id}@{spec.revision}; "
+        raise ModelError(var, f"{spec.filename!r} is not in {spec.repo_id}@{spec.revision}; "
                          "check the file name in the spec")
     return path
 
@@ -152,7 +136,7 @@ def resolve(spec: str, models_dir: Path, var: str, *, token: str | None = None, 
         return resolve_bundle(parsed.bundle, models_dir, var, base, wait_s)
     if isinstance(parsed, Path):
         if not parsed.exists():
-            raise ModelError(f"models: {var}={spec!r}: no such file or directory; give an existing local "
+            raise ModelError(var, value=spec, why="is no such file or directory; give an existing local "
                              "path or hf:<repo>@<revision>")
         return parsed
     dest = models_dir / "hf" / parsed.key / parsed.revision
@@ -177,13 +161,13 @@ def resolve(spec: str, models_dir: Path, var: str, *, token: str | None = None, 
             download(parsed, tmp, token, endpoint, needs)
             lease.check()
             shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's resume bookkeeping
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             os.replace(tmp, dest)
         except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, ModelError):  # the repo is not what the variable says it is
-                raise ModelError(f"models: {var}: {exc}") from exc
-            raise ModelError(f"models: {var}: downloading {parsed.repo_id}@{parsed.revision} failed: {exc}; "
+                raise ModelError(var, str(exc)) from exc
+            raise ModelError(var, f"downloading {parsed.repo_id}@{parsed.revision} failed: {exc}; "
                              "check the repo id, revision, network and HF_TOKEN") from exc
         _write_marker(dest, parsed)
         log.info("models: %s@%s ready in %.1f s", parsed.repo_id, parsed.revision, time.monotonic() - started)
@@ -214,12 +198,12 @@ def bundle_weights(bundle: str, var: str) -> str:
     import torchaudio
 
     if bundle not in torchaudio.pipelines.__all__:
-        raise ModelError(f"models: {var}: {bundle!r} is not a torchaudio pipeline bundle; see "
+        raise ModelError(var, f"{bundle!r} is not a torchaudio pipeline bundle; see "
                          "torchaudio.pipelines (e.g. WAV2VEC2_ASR_BASE_960H)")
     # torchaudio keeps the file's path on the bundle (private); get_model joins it to its models URL.
     path = str(getattr(torchaudio.pipelines, bundle)._path)
     if path.startswith("https://"):
-        raise ModelError(f"models: {var}: bundle {bundle} downloads from {path}, not from torchaudio's "
+        raise ModelError(var, f"bundle {bundle} downloads from {path}, not from torchaudio's "
                          "model URL; put its weights in a local directory instead")
     return path
 
@@ -246,7 +230,7 @@ def resolve_bundle(bundle: str, models_dir: Path, var: str, base_url: str,
         try:
             size = _fetch_file(url, target, lease.check)
         except Exception as exc:
-            raise ModelError(f"models: {var}: downloading torchaudio bundle {bundle} from {url} failed: "
+            raise ModelError(var, f"downloading torchaudio bundle {bundle} from {url} failed: "
                              f"{exc}; check the network or ALIGN_TORCHAUDIO_URL") from exc
         log.info("models: %s ready (%.1f MB) in %.1f s", bundle, size / 1e6, time.monotonic() - started)
         return TorchaudioModel(bundle, model_dir)
@@ -301,5 +285,5 @@ def whisperx_align_default(language: str, var: str) -> str:
     if language in DEFAULT_ALIGN_MODELS_HF:
         return f"hf:{DEFAULT_ALIGN_MODELS_HF[language]}@{ALIGN_HF_REV}"
     known = sorted({*DEFAULT_ALIGN_MODELS_TORCH, *DEFAULT_ALIGN_MODELS_HF})
-    raise ModelError(f"models: {var}: WhisperX has no default alignment model for {language!r} (it has: "
+    raise ModelError(var, f"WhisperX has no default alignment model for {language!r} (it has: "
                      f"{', '.join(known)}); give {language}=<dir or hf:owner/repo@revision>")

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from worker.errors import JobInputError
 from worker.limits import JobLimits
 from worker.voices import VOICE_NAME
 
@@ -31,14 +32,6 @@ SAMPLE_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 # ISO 639-1/-3 style codes ("en", "yue"); the engine says whether it supports one.
 _LANGUAGE = re.compile(r"[a-z]{2,3}")
 MAX_SEED = 2**32 - 1
-
-
-class JobInputError(ValueError):
-    """The job input is invalid. ``issues`` lists each problem; the message joins them."""
-
-    def __init__(self, issues: list[str]) -> None:
-        self.issues = list(issues)
-        super().__init__("; ".join(self.issues))
 
 
 @dataclass(frozen=True)
@@ -85,11 +78,11 @@ class _Reader:
 
     def __init__(self, data: Mapping[str, Any]) -> None:
         self.data = data
-        self.issues: list[str] = []
+        self.issues: list[tuple[str, str]] = []  # (field, why)
 
     def _bad(self, name: str, why: str, value: Any = _MISSING) -> None:
         got = "" if value is _MISSING else f" (got {_show(value)})"
-        self.issues.append(f"input.{name}: {why}{got}")
+        self.issues.append((f"input.{name}", f"{why}{got}"))
 
     def text(self, name: str, *, required: bool = False, max_chars: int | None = None,
              check: Callable[[str], str | None] | None = None) -> str | None:
@@ -208,12 +201,12 @@ def accepted_fields(task: str) -> tuple[str, ...]:
 def parse_job(job_input: Any, limits: JobLimits) -> Request:
     """Validate a job's ``input`` into a request, or raise ``JobInputError`` listing every issue."""
     if not isinstance(job_input, Mapping):
-        raise JobInputError([f"input: must be a JSON object with the job's fields (got {_show(job_input)})"])
+        raise JobInputError("input", f"must be a JSON object with the job's fields (got {_show(job_input)})")
     task = job_input.get("task", "tts")
     if isinstance(task, str):
         task = task.strip().lower()
     if task not in TASKS:
-        raise JobInputError([f"input.task: must be one of {', '.join(TASKS)} (got {_show(task)})"])
+        raise JobInputError("input.task", f"must be one of {', '.join(TASKS)} (got {_show(task)})")
     issues = _unknown_fields(job_input, task)
     reader = _Reader(job_input)
     if task == "voices":
@@ -224,11 +217,11 @@ def parse_job(job_input: Any, limits: JobLimits) -> Request:
         request = _tts(reader, limits)
     issues += reader.issues
     if issues:
-        raise JobInputError(issues)
+        raise JobInputError.collected(issues)
     return request
 
 
-def _unknown_fields(job_input: Mapping[str, Any], task: str) -> list[str]:
+def _unknown_fields(job_input: Mapping[str, Any], task: str) -> list[tuple[str, str]]:
     accepted = _FIELDS[task]
     issues = []
     for key in job_input:
@@ -238,8 +231,8 @@ def _unknown_fields(job_input: Mapping[str, Any], task: str) -> list[str]:
         name = key if printable else _show(key)
         hint = difflib.get_close_matches(name, accepted, n=1)
         guess = f" Did you mean '{hint[0]}'?" if hint else ""
-        issues.append(f"input.{name}: unknown field for task '{task}'.{guess} "
-                      f"Accepted: {', '.join(accepted)}")
+        issues.append((f"input.{name}", f"unknown field for task '{task}'.{guess} "
+                                        f"Accepted: {', '.join(accepted)}"))
     return issues
 
 
@@ -249,10 +242,10 @@ def _tts(r: _Reader, limits: JobLimits) -> TtsRequest:
     voice = r.text("voice", check=_voice_name)
     if "ref_audio" in r.data and "voice" in r.data and r.data["ref_audio"] is not None \
             and r.data["voice"] is not None:
-        r.issues.append("input.ref_audio: give either ref_audio or voice, not both")
+        r.issues.append(("input.ref_audio", "give either ref_audio or voice, not both"))
     elif r.data.get("ref_audio") is None and r.data.get("voice") is None:
-        r.issues.append("input.ref_audio: is required (base64 audio or an http(s) URL), "
-                        "or name a preset with input.voice")
+        r.issues.append(("input.ref_audio", "is required (base64 audio or an http(s) URL), "
+                                            "or name a preset with input.voice"))
     return TtsRequest(
         text=text or "",
         ref_audio=ref_audio,

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from worker.errors import EngineError, ModelError
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24_000
@@ -47,10 +49,6 @@ BATCH_SECONDS = 22.0
 # The sampler never makes a batch longer than this (upstream's CFM.sample default max_duration).
 FRAME_CAP = 65536
 _SENTENCE_END = re.compile(r"(?<=[;:,.!?])\s+|(?<=[；：，。！？])")
-
-
-class TTSError(ValueError):
-    """Bad input that reached synthesis; the message names the field."""
 
 
 def _utf8_len(s: str) -> int:
@@ -192,7 +190,7 @@ def load_arch(arch: str) -> dict:
 
     cfg_file = files("f5_tts").joinpath(f"configs/{arch}.yaml")
     if not cfg_file.is_file():
-        raise TTSError(f"tts: F5_ARCH={arch!r} is neither an f5_tts config name nor a .json file")
+        raise ModelError("F5_ARCH", f"{arch!r} is neither an f5_tts config name nor a .json file")
     return dict(OmegaConf.to_container(OmegaConf.load(str(cfg_file)).model.arch))
 
 
@@ -333,24 +331,25 @@ class F5Synth:
         ref = np.asarray(ref_audio, dtype=np.float32).reshape(-1)
         seconds = len(ref) / SAMPLE_RATE
         if seconds < HOP * 4 / SAMPLE_RATE:
-            raise TTSError("ref_audio: too short (need at least 0.05 s of reference speech)")
+            raise EngineError("ref_audio", "too short (need at least 0.05 s of reference speech)")
         if seconds > MAX_REF_SECONDS:
-            raise TTSError(f"ref_audio: {seconds:.1f} s is longer than {MAX_REF_SECONDS:.0f} s; trim it")
+            raise EngineError("ref_audio", f"{seconds:.1f} s is longer than {MAX_REF_SECONDS:.0f} s; trim it")
         if not ref_text.strip():
-            raise TTSError("ref_text: empty; give the reference transcript (or let the worker transcribe it)")
+            raise EngineError("ref_text",
+                              "empty; give the reference transcript (or let the worker transcribe it)")
         if not text.strip():
-            raise TTSError("text: empty")
+            raise EngineError("text", "empty")
         ref_text = _normalize_ref_text(ref_text)
         batches = self.plan(text, ref_text, seconds, speed, seed, first_chunk_chars)
         if not batches:
-            raise TTSError("text: nothing to say after splitting into sentences")
+            raise EngineError("text", "nothing to say after splitting into sentences")
         prepared = _Prepared(batches, ref, ref_text, len(ref) // HOP)
         limit = self.max_frames
         for batch in batches:
             frames = self._batch_frames(prepared, batch, speed)
             if frames > limit:
-                raise TTSError(
-                    f"text: the piece {_clip(batch.gen_text)!r} needs {frames} frames of audio with this "
+                raise EngineError(
+                    "text", f"the piece {_clip(batch.gen_text)!r} needs {frames} frames of audio with this "
                     f"reference ({frames * HOP / SAMPLE_RATE:.0f} s), past the model's limit of {limit} "
                     f"({limit * HOP / SAMPLE_RATE:.0f} s): F5 gives each character the time the reference "
                     f"spends per character of ref_text ({seconds:.1f} s for {_utf8_len(ref_text)} bytes); "
@@ -371,7 +370,7 @@ class F5Synth:
                    seed: int | None = None, cross_fade_s: float = 0.15,
                    first_chunk_chars: int | None = None,
                    check: Callable[[], None] | None = None) -> Iterator[np.ndarray]:
-        """Checks the inputs now (TTSError naming the field); the audio is made as the caller iterates.
+        """Checks the inputs now (EngineError naming the field); the audio is made as the caller iterates.
         ``check`` is called before each batch and each ODE step: raising there stops the work (a job's
         deadline)."""
         if seed is None:

@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote, urljoin, urlsplit
 
+from worker.errors import UrlFetchError
+
 _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 _CHUNK = 64 * 1024
 # Content types that are certainly not audio: an HTML error page, a JSON API answer.
@@ -43,10 +45,6 @@ _EMBEDS_IPV4 = tuple(ipaddress.ip_network(n) for n in (
 ))
 # Local-use NAT64 (RFC 8215): translated by the operator's own gateway, so never public.
 _LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
-
-
-class FetchError(ValueError):
-    """The download failed or was refused; the message names the field, the URL's host and why."""
 
 
 @dataclass(frozen=True)
@@ -166,16 +164,16 @@ def _resolve(host: str, port: int, policy: FetchPolicy, field: str, deadline: _D
     except ValueError:
         infos = _lookup(host, port, field, deadline)
     except (socket.gaierror, UnicodeError) as err:
-        raise FetchError(f"{field}: cannot resolve host {host!r}: {err}") from err
+        raise UrlFetchError(field, f"cannot resolve host {host!r}: {err}") from err
     addresses = [info[4][0] for info in infos]
     if not addresses:
-        raise FetchError(f"{field}: host {host!r} has no address")
+        raise UrlFetchError(field, f"host {host!r} has no address")
     if policy.allow_private:
         return addresses[0]
     blocked = [a for a in addresses if not is_public_address(a)]
     if blocked:
-        raise FetchError(
-            f"{field}: host {host!r} resolves to a non-public address ({blocked[0]}); the worker only "
+        raise UrlFetchError(
+            field, f"host {host!r} resolves to a non-public address ({blocked[0]}); the worker only "
             "fetches from public addresses (set WORKER_ALLOW_PRIVATE_URLS=1 for a trusted network)")
     return addresses[0]
 
@@ -196,7 +194,7 @@ def _lookup(host: str, port: int, field: str, deadline: _Deadline) -> list:
     if worker.is_alive():
         raise TimeoutError(f"lookup of {host!r}")
     if "error" in found:
-        raise FetchError(f"{field}: cannot resolve host {host!r}: {found['error']}")
+        raise UrlFetchError(field, f"cannot resolve host {host!r}: {found['error']}")
     return found["infos"]  # type: ignore[return-value]
 
 
@@ -231,14 +229,14 @@ class _PinnedHTTPS(_PinnedHTTP):
 
 
 def fetch(url: str, policy: FetchPolicy, field: str = "input.ref_audio") -> bytes:
-    """Download ``url`` under ``policy``; raise ``FetchError`` naming ``field`` on any failure."""
+    """Download ``url`` under ``policy``; raise ``UrlFetchError`` naming ``field`` on any failure."""
     deadline = _Deadline(policy.timeout_s)
     try:
         return _fetch(url, policy, field, deadline)
     except TimeoutError as err:
         raise _too_slow(policy, field, deadline) from err
     except UnicodeError as err:
-        raise FetchError(f"{field}: the URL cannot be sent ({err.__class__.__name__}: {err})") from err
+        raise UrlFetchError(field, f"the URL cannot be sent ({err.__class__.__name__}: {err})") from err
 
 
 def _fetch(url: str, policy: FetchPolicy, field: str, deadline: _Deadline) -> bytes:
@@ -248,15 +246,15 @@ def _fetch(url: str, policy: FetchPolicy, field: str, deadline: _Deadline) -> by
             if response.status in _REDIRECTS:
                 location = response.getheader("Location")
                 if not location:
-                    raise FetchError(f"{field}: HTTP {response.status} redirect without a Location")
+                    raise UrlFetchError(field, f"HTTP {response.status} redirect without a Location")
                 url = urljoin(url, location)
                 continue
             if response.status != 200:
-                raise FetchError(f"{field}: the URL answered HTTP {response.status} {response.reason}")
+                raise UrlFetchError(field, f"the URL answered HTTP {response.status} {response.reason}")
             return _body(response, conn, policy, field, deadline)
         finally:
             conn.close()
-    raise FetchError(f"{field}: more than {policy.max_redirects} redirects")
+    raise UrlFetchError(field, f"more than {policy.max_redirects} redirects")
 
 
 def _request(url: str, policy: FetchPolicy, field: str, deadline: _Deadline
@@ -264,14 +262,14 @@ def _request(url: str, policy: FetchPolicy, field: str, deadline: _Deadline
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        raise FetchError(f"{field}: only http(s) URLs are accepted (got scheme {scheme!r})")
+        raise UrlFetchError(field, f"only http(s) URLs are accepted (got scheme {scheme!r})")
     host = parts.hostname
     if not host:
-        raise FetchError(f"{field}: the URL has no host")
+        raise UrlFetchError(field, "the URL has no host")
     try:
         port = parts.port or (443 if scheme == "https" else 80)
     except ValueError as err:
-        raise FetchError(f"{field}: bad port in URL: {err}") from err
+        raise UrlFetchError(field, f"bad port in URL: {err}") from err
     address = _resolve(host, port, policy, field, deadline)
     kind = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
     conn = kind(host, port, address, deadline)
@@ -293,10 +291,10 @@ def _body(response: http.client.HTTPResponse, conn: http.client.HTTPConnection, 
           field: str, deadline: _Deadline) -> bytes:
     kind = (response.getheader("Content-Type") or "").lower()
     if kind.startswith(_NOT_AUDIO):
-        raise FetchError(f"{field}: the URL served {kind.split(';')[0]!r}, not audio")
+        raise UrlFetchError(field, f"the URL served {kind.split(';')[0]!r}, not audio")
     length = response.getheader("Content-Length")
     if length and length.isdigit() and int(length) > policy.max_bytes:
-        raise FetchError(f"{field}: the file is {int(length)} bytes; the limit is {policy.max_bytes}")
+        raise UrlFetchError(field, f"the file is {int(length)} bytes; the limit is {policy.max_bytes}")
     chunks: list[bytes] = []
     total = 0
     host = conn.host
@@ -311,20 +309,20 @@ def _body(response: http.client.HTTPResponse, conn: http.client.HTTPConnection, 
             break
         total += len(chunk)
         if total > policy.max_bytes:
-            raise FetchError(f"{field}: the download passed the limit of {policy.max_bytes} bytes")
+            raise UrlFetchError(field, f"the download passed the limit of {policy.max_bytes} bytes")
         chunks.append(chunk)
     deadline.left()
     return b"".join(chunks)
 
 
-def _too_slow(policy: FetchPolicy, field: str, deadline: _Deadline) -> FetchError:
-    return FetchError(f"{field}: the download took longer than {policy.timeout_s:g} s "
+def _too_slow(policy: FetchPolicy, field: str, deadline: _Deadline) -> UrlFetchError:
+    return UrlFetchError(field, f"the download took longer than {policy.timeout_s:g} s "
                       f"(WORKER_URL_TIMEOUT_S; stopped while {deadline.stage}); use a faster host or "
                       "send the audio as base64")
 
 
 def _network_error(err: Exception, host: str, policy: FetchPolicy, field: str,
-                   deadline: _Deadline) -> FetchError:
+                   deadline: _Deadline) -> UrlFetchError:
     if isinstance(err, TimeoutError):
         return _too_slow(policy, field, deadline)
-    return FetchError(f"{field}: could not download from {host!r}: {err}")
+    return UrlFetchError(field, f"could not download from {host!r}: {err}")

@@ -16,16 +16,14 @@ from pathlib import Path
 
 import soundfile
 
+from worker.errors import VoiceError
+
 log = logging.getLogger(__name__)
 
 VOICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 AUDIO_SUFFIX = ".wav"
 TEXT_SUFFIX = ".txt"
 MAX_TEXT_BYTES = 64 * 1024
-
-
-class VoiceError(ValueError):
-    """A preset is unknown or unreadable; the message names ``input.voice`` and what to do."""
 
 
 @dataclass(frozen=True)
@@ -41,13 +39,13 @@ class VoiceLibrary:
 
     def _path(self, name: str, suffix: str) -> Path:
         if not VOICE_NAME.fullmatch(name):
-            raise VoiceError(f"input.voice: {name!r} is not a preset name (letters, digits, '_', '-')")
+            raise VoiceError("input.voice", f"{name!r} is not a preset name (letters, digits, '_', '-')")
         path = self.directory / f"{name}{suffix}"
         # The pattern already forbids separators and dots; resolving guards against a symlinked
         # preset pointing elsewhere on the volume or the host.
         root = self.directory.resolve()
         if path.exists() and path.resolve().parent != root:
-            raise VoiceError(f"input.voice: preset {name!r} points outside the voices directory")
+            raise VoiceError("input.voice", f"preset {name!r} points outside the voices directory")
         return path
 
     def names(self) -> list[str]:
@@ -65,7 +63,7 @@ class VoiceLibrary:
         if not audio.is_file():
             known = self.names()
             listing = ", ".join(known) if known else f"none: add <name>.wav files to {self.directory}"
-            raise VoiceError(f"input.voice: no preset named {name!r} (available: {listing})")
+            raise VoiceError("input.voice", f"no preset named {name!r} (available: {listing})")
         return Voice(name=name, audio_path=audio, ref_text=self._text(name))
 
     def _text(self, name: str) -> str | None:

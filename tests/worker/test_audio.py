@@ -16,7 +16,7 @@ from jobkit import AudioServer, audio_bytes, b64, voice_like
 
 from worker import audio
 from worker.audio import AudioError
-from worker.urlfetch import FetchError, FetchPolicy, fetch
+from worker.urlfetch import FetchPolicy, UrlFetchError, fetch
 
 OPEN = FetchPolicy(max_bytes=2_000_000, timeout_s=3.0, max_redirects=3, allow_private=True)
 STRICT = FetchPolicy(max_bytes=2_000_000, timeout_s=3.0)
@@ -65,9 +65,9 @@ def test_url_fetch(server: AudioServer, wav: bytes) -> None:
 
 def test_loopback_is_refused_unless_allowed(server: AudioServer, wav: bytes) -> None:
     server.file("/ok.wav", wav)
-    with pytest.raises(FetchError, match=r"resolves to a non-public address .127\.0\.0\.1."):
+    with pytest.raises(UrlFetchError, match=r"resolves to a non-public address .127\.0\.0\.1."):
         fetch(server.url("/ok.wav"), STRICT)
-    with pytest.raises(FetchError, match="non-public address"):
+    with pytest.raises(UrlFetchError, match="non-public address"):
         fetch(server.url("/ok.wav").replace("127.0.0.1", "localhost"), STRICT)
 
 
@@ -77,10 +77,10 @@ def test_redirects_are_followed_and_bounded(server: AudioServer, wav: bytes) -> 
     server.redirect("/r2", server.url("/ok.wav"), 307)
     assert fetch(server.url("/r1"), OPEN) == wav
     server.redirect("/loop", "/loop")
-    with pytest.raises(FetchError, match="more than 3 redirects"):
+    with pytest.raises(UrlFetchError, match="more than 3 redirects"):
         fetch(server.url("/loop"), OPEN)
     server.redirect("/to-file", "file:///etc/passwd")
-    with pytest.raises(FetchError, match=r"only http.s. URLs are accepted"):
+    with pytest.raises(UrlFetchError, match=r"only http.s. URLs are accepted"):
         fetch(server.url("/to-file"), OPEN)
 
 
@@ -88,32 +88,32 @@ def test_private_addresses_are_refused_before_connecting() -> None:
     # Refused at the address check: no packet leaves for the metadata service or a private network.
     for url in ("http://169.254.169.254/latest/meta-data", "http://10.0.0.1/a.wav", "http://[::1]:9/a.wav",
                 "http://0.0.0.0/a.wav"):
-        with pytest.raises(FetchError, match="non-public address"):
+        with pytest.raises(UrlFetchError, match="non-public address"):
             fetch(url, STRICT)
 
 
 def test_too_large(server: AudioServer) -> None:
     server.file("/big.wav", b"\0" * 50_000)
     small = FetchPolicy(max_bytes=10_000, timeout_s=3, allow_private=True)
-    with pytest.raises(FetchError, match="the file is 50000 bytes; the limit is 10000"):
+    with pytest.raises(UrlFetchError, match="the file is 50000 bytes; the limit is 10000"):
         fetch(server.url("/big.wav"), small)
     server.endless("/endless")
-    with pytest.raises(FetchError, match="passed the limit of 10000 bytes"):
+    with pytest.raises(UrlFetchError, match="passed the limit of 10000 bytes"):
         fetch(server.url("/endless"), small)
 
 
 def test_too_slow(server: AudioServer, wav: bytes) -> None:
     server.trickle("/slow.wav", wav[:4000], delay=0.05)
     quick = FetchPolicy(max_bytes=100_000, timeout_s=0.5, allow_private=True)
-    with pytest.raises(FetchError, match=r"took longer than 0\.5 s"):
+    with pytest.raises(UrlFetchError, match=r"took longer than 0\.5 s"):
         fetch(server.url("/slow.wav"), quick)
 
 
 def test_wrong_content_and_http_errors(server: AudioServer) -> None:
     server.file("/page", b"<html>hello</html>", content_type="text/html; charset=utf-8")
-    with pytest.raises(FetchError, match="served 'text/html', not audio"):
+    with pytest.raises(UrlFetchError, match="served 'text/html', not audio"):
         fetch(server.url("/page"), OPEN)
-    with pytest.raises(FetchError, match="answered HTTP 404"):
+    with pytest.raises(UrlFetchError, match="answered HTTP 404"):
         fetch(server.url("/missing"), OPEN)
     server.file("/noise.bin", b"\x01\x02" * 500, content_type="application/octet-stream")
     data = fetch(server.url("/noise.bin"), OPEN)
@@ -122,7 +122,7 @@ def test_wrong_content_and_http_errors(server: AudioServer) -> None:
 
 
 def test_unreachable_port() -> None:
-    with pytest.raises(FetchError, match="could not download"):
+    with pytest.raises(UrlFetchError, match="could not download"):
         fetch("http://127.0.0.1:9/a.wav", OPEN)
 
 

@@ -176,10 +176,10 @@ def test_a_checkpoint_that_does_not_load(worker_with, tmp_path: Path) -> None:
 
 # -- in process --------------------------------------------------------------------------------------
 def test_classification_by_kind() -> None:
-    config = failure.classify(ConfigError("config: F5_DTYPE='x' must be one of a, b"), "config")
+    config = failure.classify(ConfigError("F5_DTYPE", "must be one of a, b", value="x"), "config")
     assert (config.phase, config.cause) == ("config", "F5_DTYPE='x' must be one of a, b")
-    models = failure.classify(ModelError("models: F5_CKPT='/x': no such file"), "models")
-    assert (models.phase, models.cause, models.replace) == ("models", "F5_CKPT='/x': no such file", False)
+    models = failure.classify(ModelError("F5_CKPT", "is no such file", value="/x"), "models")
+    assert (models.phase, models.cause, models.replace) == ("models", "F5_CKPT='/x' is no such file", False)
     bug = failure.classify(KeyError("oops"), "load")
     assert bug.phase == "load" and bug.cause.startswith("KeyError") and not bug.expected
 
@@ -188,9 +188,9 @@ def test_a_cuda_fault_asks_for_a_fresh_worker() -> None:
     found = failure.classify(RuntimeError("CUDA error: an illegal memory access was encountered"), "warmup")
     assert found.phase == "cuda" and found.replace
     assert found.job_output() == {"error": found.line, "refresh_worker": True}
-    from worker.engine import DeviceError
+    from worker.errors import DeviceError
 
-    assert failure.classify(DeviceError("WORKER_DEVICE=cuda but no CUDA device is visible"), "load").replace
+    assert failure.classify(DeviceError("WORKER_DEVICE", "no CUDA device is visible"), "load").replace
 
 
 def test_the_sdk_turns_the_answer_into_a_failed_job_that_stops_the_worker() -> None:
@@ -203,7 +203,7 @@ def test_the_sdk_turns_the_answer_into_a_failed_job_that_stops_the_worker() -> N
     first = asyncio.run(run_job(handler, {"id": "j1", "input": {"text": "hi"}}))
     again = asyncio.run(run_job(handler, {"id": "j2", "input": {}}))
     assert first == again == {"error": fault.line, "stopPod": True}  # the SDK's own refresh_worker
-    config_error = failure.classify(ConfigError("config: X=1 is bad"), "config")
+    config_error = failure.classify(ConfigError("X", "is bad", value="1"), "config")
     failure.serve_queue(config_error, start=served.append)
     answer = asyncio.run(run_job(served[1]["handler"], {"id": "j3", "input": {}}))
     assert answer == {"error": config_error.line}  # no refresh: a fresh container would fail the same way
@@ -223,8 +223,8 @@ def test_a_local_run_without_a_queue_exits_with_the_phase_code(monkeypatch, capl
     monkeypatch.delenv("RUNPOD_WEBHOOK_GET_JOB", raising=False)
     monkeypatch.delenv("RUNPOD_REALTIME_PORT", raising=False)
     served: list = []
-    assert startup.fail(ConfigError("config: F5_DTYPE='x' is bad"), "config", served.append) == 2
-    assert startup.fail(ModelError("models: F5_CKPT: gone"), "models", served.append) == 2
+    assert startup.fail(ConfigError("F5_DTYPE", "is bad", value="x"), "config", served.append) == 2
+    assert startup.fail(ModelError("F5_CKPT", "gone"), "models", served.append) == 2
     assert startup.fail(KeyError("bug"), "load", served.append) == 1
     assert served == []
     assert "worker startup failed in config: F5_DTYPE='x' is bad (remedy: " in caplog.text

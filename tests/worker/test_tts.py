@@ -60,7 +60,7 @@ def test_every_planned_batch_fits_the_frame_limit_or_the_text_is_refused(engine:
     synth = engine.tts
     try:
         prepared = synth.prepare(text, _ref(ref_seconds), ref_text, speed=speed, seed=0)
-    except tts.TTSError as err:  # named: a batch that cannot fit, no text at all, too short a reference
+    except EngineError as err:  # named: a batch that cannot fit, no text at all, too short a reference
         assert str(err).startswith(("text: the piece ", "text: empty", "ref_audio: too short")), err
         return
     for batch in prepared.batches:

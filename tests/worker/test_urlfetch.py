@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jobkit import AudioServer, audio_bytes, voice_like
 
-from worker.urlfetch import FetchError, FetchPolicy, fetch, is_public_address
+from worker.urlfetch import FetchPolicy, UrlFetchError, fetch, is_public_address
 
 DEADLINE_S = 0.5
 TRICKLE_DELAY_S = 0.1  # one byte every 0.1 s once the trickle starts
@@ -137,7 +137,7 @@ def responses(draw) -> tuple[bytes, int, str]:
     return framed, draw(st.integers(low, high)), f"{kind}/{where}"
 
 
-def _assert_cut_at_the_deadline(server: ScriptServer, err: FetchError) -> None:
+def _assert_cut_at_the_deadline(server: ScriptServer, err: UrlFetchError) -> None:
     message = str(err)
     assert "took longer than 0.5 s" in message and "WORKER_URL_TIMEOUT_S" in message, message
     conn = server.connections[-1]
@@ -152,7 +152,7 @@ def _assert_cut_at_the_deadline(server: ScriptServer, err: FetchError) -> None:
 def test_a_trickle_anywhere_is_cut_at_the_deadline(server: ScriptServer, case) -> None:
     script, point, _kind = case
     server.scripts.append((script, point))
-    with pytest.raises(FetchError) as caught:
+    with pytest.raises(UrlFetchError) as caught:
         fetch(server.url(), POLICY)
     _assert_cut_at_the_deadline(server, caught.value)
 
@@ -166,7 +166,7 @@ def test_redirects_share_the_one_deadline(server: ScriptServer, case, redirects:
         server.scripts.append((hop, len(hop)))
     script, point, _kind = case
     server.scripts.append((script, point))
-    with pytest.raises(FetchError) as caught:
+    with pytest.raises(UrlFetchError) as caught:
         fetch(server.url(), POLICY)
     _assert_cut_at_the_deadline(server, caught.value)
 
@@ -182,14 +182,14 @@ def test_a_trickled_tls_handshake_is_cut_at_the_deadline(server: ScriptServer) -
     # A TLS record header announcing a ServerHello that never finishes arriving.
     hello = b"\x16\x03\x03\x40\x00\x02" + b"\x00" * (TRICKLE_TAIL * 2)
     server.scripts.append((hello, 1))
-    with pytest.raises(FetchError, match="TLS handshake") as caught:
+    with pytest.raises(UrlFetchError, match="TLS handshake") as caught:
         fetch(server.url(scheme="https"), POLICY)
     _assert_cut_at_the_deadline(server, caught.value)
 
 
 def test_a_status_line_that_never_ends_is_cut_at_the_deadline(server: ScriptServer) -> None:
     server.scripts.append((b"H" * (TRICKLE_TAIL * 2), 0))
-    with pytest.raises(FetchError, match="status line and headers") as caught:
+    with pytest.raises(UrlFetchError, match="status line and headers") as caught:
         fetch(server.url(), POLICY)
     _assert_cut_at_the_deadline(server, caught.value)
 
@@ -200,7 +200,7 @@ def test_non_ascii_and_unsafe_characters_in_the_path_are_percent_encoded() -> No
         audio_server.file("/caf%C3%A9%20noir.wav", wav)
         assert fetch(audio_server.url("/café noir.wav"), POLICY) == wav
         # A CR/LF in the URL cannot inject a header: it travels percent-encoded.
-        with pytest.raises(FetchError, match="HTTP 404"):
+        with pytest.raises(UrlFetchError, match="HTTP 404"):
             fetch(audio_server.url("/x.wav\r\nX-Injected: 1"), POLICY)
 
 
@@ -255,7 +255,7 @@ def test_local_use_nat64_and_teredo_to_private_hosts_are_private() -> None:
                                   "[::ffff:0:127.0.0.1]", "[64:ff9b::7f00:1]"])
 def test_urls_to_embedded_private_addresses_are_refused_before_connecting(host: str) -> None:
     strict = FetchPolicy(max_bytes=1000, timeout_s=2.0)
-    with pytest.raises(FetchError, match="non-public address"):
+    with pytest.raises(UrlFetchError, match="non-public address"):
         fetch(f"http://{host}/latest/meta-data", strict)
 
 

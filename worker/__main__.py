@@ -1,7 +1,7 @@
 """`python -m worker`: the serverless worker, started by the bootstrap inside the installed env.
 
 Startup order (nothing takes a job before the models can serve):
-1. configuration from the environment (worker/config.py), checked;
+1. configuration from the environment (worker/settings.py), checked;
 2. model files present: local directories as they are, pinned hub revisions downloaded onto the volume
    once (under a lease, atomic commit; worker/models.py), then HF_HUB_OFFLINE=1;
 3. Engine.load: F5-TTS + vocoder, WhisperX ASR + the default language's alignment model;
@@ -17,17 +17,16 @@ Without a queue (a plain local run) it exits non-zero: 2 for a variable or a mod
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
 
-from worker.config import WorkerConfig
+from worker.settings import EngineSettings, Settings, log_level
 
 log = logging.getLogger("worker")
 
 
-def prepare(config: WorkerConfig, *, warmup: bool = True, on_phase: Callable[[str], None] = lambda _: None):
+def prepare(config: EngineSettings, *, warmup: bool = True, on_phase: Callable[[str], None] = lambda _: None):
     """Steps 2-4: a warm Engine, ready to serve. ``on_phase`` hears each step's name as it starts
     (models, load, warmup), so a failure can say where it happened."""
     from worker.engine import Engine, resolve_models
@@ -44,24 +43,23 @@ def prepare(config: WorkerConfig, *, warmup: bool = True, on_phase: Callable[[st
     return engine
 
 
-def job_setup(engine, config: WorkerConfig, limits=None) -> dict:
+def job_setup(engine, settings: Settings) -> dict:
     """Step 5a: the handler and runpod's start config. ``start_config`` (not a bare handler) so a GPU fault
-    under the streaming handler still gets the worker replaced (refresh_worker). ``limits``: the job limits
-    read at step 1 (read from the environment here when None)."""
+    under the streaming handler still gets the worker replaced (refresh_worker)."""
     from worker.handler import start_config
 
-    return start_config(engine, config, limits)
+    return start_config(engine, settings)
 
 
-def serve(engine, config: WorkerConfig, start: dict | None = None) -> None:
+def serve(engine, settings: Settings, start: dict | None = None) -> None:
     """Step 5b: hand the warm engine to the runpod SDK (which reads its own flags from sys.argv)."""
     import runpod
 
-    runpod.serverless.start(start if start is not None else job_setup(engine, config))
+    runpod.serverless.start(start if start is not None else job_setup(engine, settings))
 
 
 def _configure_logging() -> None:
-    level = os.environ.get("WORKER_LOG_LEVEL", "INFO").upper()
+    level = log_level()
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, stream=sys.stderr, format=fmt)
 
@@ -81,17 +79,14 @@ def main() -> int:
     hold_env()
     phase = ["config"]
     try:
-        from worker.limits import JobLimits
-
         # Every variable first (job limits too): a malformed one fails in a second, not after the models.
-        config = WorkerConfig.from_env()
-        limits = JobLimits.from_env(volume=config.volume)
-        engine = prepare(config, on_phase=lambda name: phase.__setitem__(0, name))
+        settings = Settings.from_env()
+        engine = prepare(settings.engine, on_phase=lambda name: phase.__setitem__(0, name))
         phase[0] = "handler"
-        start = job_setup(engine, config, limits)
+        start = job_setup(engine, settings)
     except Exception as exc:
         return fail(exc, phase[0])
-    serve(engine, config, start)
+    serve(engine, settings, start)
     return 0
 
 

@@ -43,13 +43,15 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr)
     os.environ.setdefault("WORKER_ALLOW_PRIVATE_URLS", "1")
     from worker import __main__ as startup
+    from worker.settings import JobSettings, Settings
     from worker.tiny import tiny_config
 
     config = tiny_config(args.cache_dir)
+    settings = Settings(config, JobSettings.from_env(volume=config.volume))
     engine = startup.prepare(config)
     sys.argv = runpod_argv(args.port, args.host)
     logging.getLogger("worker.devserve").info("devserve: serving on http://%s:%d", args.host, args.port)
-    startup.serve(engine, config)
+    startup.serve(engine, settings)
     return 0
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.config import WorkerConfig
 from worker.errors import DeviceError, EngineError, ModelError
+from worker.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +107,14 @@ class Engine:
     sample_rate: int = TTS_SAMPLE_RATE
     asr_sample_rate: int = ASR_SAMPLE_RATE
 
-    def __init__(self, config: WorkerConfig, tts, asr, device: str) -> None:
+    def __init__(self, config: EngineSettings, tts, asr, device: str) -> None:
         self.config = config
         self.tts = tts
         self.asr = asr
         self.device = device
 
     @classmethod
-    def load(cls, config: WorkerConfig, paths: dict[str, object] | None = None) -> Engine:
+    def load(cls, config: EngineSettings, paths: dict[str, object] | None = None) -> Engine:
         """Loads every model; ``paths`` are ``resolve_models(config)``'s (resolved here when None)."""
         from worker import tts
         from worker.asr import WhisperX
@@ -140,6 +140,7 @@ class Engine:
             first_chunk_chars=config.f5_first_chunk_chars,
             length_snap=config.f5_length_snap,
         )
+        synth.max_ref_seconds = config.max_ref_seconds  # WORKER_MAX_REF_SECONDS: the engine's cap too
         log.info("engine: F5-TTS loaded (%s, %s, sampler=%s, graphs=%s) in %.1f s", device, dtype,
                  config.f5_sampler, synth.cuda_graphs, time.monotonic() - started)
         align_dirs = {k.removeprefix("align:"): v for k, v in paths.items() if k.startswith("align:")}
@@ -148,6 +149,11 @@ class Engine:
         torch.set_grad_enabled(False)
         log.info("engine: all models loaded in %.1f s", time.monotonic() - started)
         return cls(config, synth, asr, device)
+
+    @property
+    def max_ref_seconds(self) -> float:
+        """The longest reference ``synthesize`` takes (WORKER_MAX_REF_SECONDS)."""
+        return self.tts.max_ref_seconds
 
     def warmup(self) -> None:
         """One real inference of each model, so the first job pays no lazy initialisation."""
@@ -250,14 +256,14 @@ def _resample(audio: np.ndarray, src: int, dst: int) -> np.ndarray:
     return torchaudio.functional.resample(tensor, src, dst).squeeze(0).numpy()
 
 
-def resolve_models(config: WorkerConfig) -> dict[str, object]:
+def resolve_models(config: EngineSettings) -> dict[str, object]:
     """Every model spec of the config -> a local path (downloading pinned hub revisions once)."""
     from importlib.resources import files
     from pathlib import Path
 
     from worker import model_files
-    from worker.config import WHISPERX_DEFAULT
     from worker.models import resolve, whisperx_align_default
+    from worker.settings import WHISPERX_DEFAULT
 
     def get(spec: str, var: str, needs: model_files.ModelFiles):
         # Only the files each model's loader reads are fetched (worker/model_files.py).
@@ -308,7 +314,7 @@ def _vocab_file(path):
     return path / "vocab.txt" if path.is_dir() else path
 
 
-def _use_nltk_dir(config: WorkerConfig) -> None:
+def _use_nltk_dir(config: EngineSettings) -> None:
     import nltk
     from whisperx.utils import PUNKT_LANGUAGES
 

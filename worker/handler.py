@@ -44,12 +44,11 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.audio import MIME, b64
 from worker.errors import DeliveryError, EngineError, JobError
 from worker.jobs import JobDeadline, Jobs, too_large
-from worker.limits import JobLimits
 from worker.schema import (
     TranscribeRequest,
     TtsRequest,
@@ -57,6 +56,10 @@ from worker.schema import (
     accepted_fields,
     parse_job,
 )
+from worker.settings import EngineSettings, JobSettings, Settings
+
+if TYPE_CHECKING:
+    from worker.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +88,10 @@ def refusal(err: JobError | EngineError) -> str:
 class Handler:
     """Parse -> dispatch -> serialize for one engine; every failure becomes an ``{"error"}`` dict."""
 
-    def __init__(self, engine: Any, config: Any, limits: JobLimits | None = None,
+    def __init__(self, engine: Engine, config: EngineSettings, limits: JobSettings,
                  on_fatal: Callable[[], None] | None = None) -> None:
-        volume = getattr(config, "volume_dir", None) or getattr(config, "volume", None)
-        self.limits = limits or JobLimits.from_env(volume=volume)
-        self.jobs = Jobs(engine, self.limits, getattr(config, "default_language", None) or "en")
+        self.limits = limits
+        self.jobs = Jobs(engine, limits, config.default_language)
         self.on_fatal = on_fatal
 
     def _failure(self, err: BaseException, job_id: str) -> dict:
@@ -176,7 +178,7 @@ def _within(output: dict, limit: int) -> dict:
     return output
 
 
-def make_streaming_handler(engine: Any, config: Any, limits: JobLimits | None = None,
+def make_streaming_handler(engine: Engine, config: EngineSettings, limits: JobSettings,
                            on_fatal: Callable[[], None] | None = None) -> Callable[[dict], Iterator[dict]]:
     """The generator handler (per-job ``stream: true``); pair it with ``return_aggregate_stream``."""
     core = Handler(engine, config, limits, on_fatal)
@@ -188,7 +190,7 @@ def make_streaming_handler(engine: Any, config: Any, limits: JobLimits | None = 
     return handler
 
 
-def make_plain_handler(engine: Any, config: Any, limits: JobLimits | None = None
+def make_plain_handler(engine: Engine, config: EngineSettings, limits: JobSettings
                        ) -> Callable[[dict], dict]:
     """The plain handler: the output dict itself, inline up to the response limit, no streaming."""
     core = Handler(engine, config, limits)
@@ -214,33 +216,31 @@ def runs_local_test(argv: list[str] | None = None, env: dict | None = None) -> b
     return env.get("RUNPOD_WEBHOOK_GET_JOB") is None
 
 
-def wants_streaming() -> bool:
+def wants_streaming(limits: JobSettings) -> bool:
     """The generator handler unless WORKER_STREAMING=0 or runpod is about to run a local test job."""
-    wanted = os.environ.get("WORKER_STREAMING", "1").strip().lower() not in ("0", "false", "no", "off")
-    return wanted and not runs_local_test()
+    return limits.streaming and not runs_local_test()
 
 
-def make_handler(engine: Any, config: Any, limits: JobLimits | None = None,
+def make_handler(engine: Engine, config: EngineSettings, limits: JobSettings,
                  on_fatal: Callable[[], None] | None = None, *, streaming: bool | None = None
                  ) -> Callable[[dict], Any]:
     """The job handler: the generator (streaming) one, or with ``streaming`` False, or None and
     ``wants_streaming()`` saying no, the plain one."""
     if streaming is None:
-        streaming = wants_streaming()
+        streaming = wants_streaming(limits)
     log.info("handler: %s handler", "streaming (generator)" if streaming else "plain")
     if streaming:
         return make_streaming_handler(engine, config, limits, on_fatal)
     return make_plain_handler(engine, config, limits)
 
 
-def start_config(engine: Any, config: Any, limits: JobLimits | None = None, *,
-                 streaming: bool | None = None) -> dict:
-    """What ``runpod.serverless.start`` takes: ``runpod.serverless.start(start_config(engine, config))``.
+def start_config(engine: Engine, settings: Settings, *, streaming: bool | None = None) -> dict:
+    """What ``runpod.serverless.start`` takes: ``runpod.serverless.start(start_config(engine, settings))``.
 
     A generator handler cannot return ``refresh_worker`` (runpod reads it only from a plain handler's
     dict), so on a GPU fault it sets the flag on this dict, which runpod's job loop checks after every
     job; use this rather than ``make_handler`` alone so that works."""
     start: dict = {"return_aggregate_stream": True}
-    start["handler"] = make_handler(engine, config, limits, streaming=streaming,
+    start["handler"] = make_handler(engine, settings.engine, settings.jobs, streaming=streaming,
                                     on_fatal=lambda: start.__setitem__("refresh_worker", True))
     return start

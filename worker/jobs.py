@@ -25,8 +25,8 @@ import numpy as np
 
 from worker import audio, subtitles
 from worker.errors import AudioError, DeliveryError, JobTimeout
-from worker.limits import JobLimits
 from worker.schema import TranscribeRequest, TtsRequest
+from worker.settings import JobSettings
 from worker.urlfetch import FetchPolicy
 from worker.voices import VoiceLibrary
 
@@ -132,7 +132,7 @@ class _Reference:
 
 
 class Jobs:
-    def __init__(self, engine: Any, limits: JobLimits, default_language: str = "en") -> None:
+    def __init__(self, engine: Any, limits: JobSettings, default_language: str = "en") -> None:
         self.engine = engine
         self.limits = limits
         self.default_language = default_language
@@ -157,7 +157,7 @@ class Jobs:
             data = audio.read_source(request.ref_audio or "", self.policy, "input.ref_audio")
             field, given_text = "input.ref_audio", request.ref_text
         deadline.check("decoding the reference")
-        clip = audio.decode(data, field, self.limits.max_ref_seconds)
+        clip = audio.decode(data, field, self.engine.max_ref_seconds)
         samples = audio.to_rate(clip, self.engine.sample_rate)
         if given_text:
             return _Reference(samples, given_text.strip())

@@ -130,7 +130,7 @@ def resolve(spec: str, models_dir: Path, var: str, *, token: str | None = None, 
     torchaudio bundle's weights onto the volume first if needed."""
     parsed = parse_spec(spec, var)
     if isinstance(parsed, TorchaudioSpec):
-        from worker.config import DEFAULT_TORCHAUDIO_URL
+        from worker.settings import DEFAULT_TORCHAUDIO_URL
 
         base = torchaudio_url or DEFAULT_TORCHAUDIO_URL
         return resolve_bundle(parsed.bundle, models_dir, var, base, wait_s)
@@ -278,7 +278,7 @@ def whisperx_align_default(language: str, var: str) -> str:
     (en, fr, de, es, it) or its Hugging Face models (the rest), read from whisperx itself."""
     from whisperx.alignment import DEFAULT_ALIGN_MODELS_HF, DEFAULT_ALIGN_MODELS_TORCH
 
-    from worker.config import ALIGN_HF_REV
+    from worker.settings import ALIGN_HF_REV
 
     if language in DEFAULT_ALIGN_MODELS_TORCH:
         return f"torchaudio:{DEFAULT_ALIGN_MODELS_TORCH[language]}"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.errors import JobInputError
-from worker.limits import JobLimits
+from worker.settings import JobSettings
 from worker.voices import VOICE_NAME
 
 FORMATS = ("wav", "flac", "mp3", "ogg")
@@ -198,7 +198,7 @@ def accepted_fields(task: str) -> tuple[str, ...]:
     return _FIELDS[task]
 
 
-def parse_job(job_input: Any, limits: JobLimits) -> Request:
+def parse_job(job_input: Any, limits: JobSettings) -> Request:
     """Validate a job's ``input`` into a request, or raise ``JobInputError`` listing every issue."""
     if not isinstance(job_input, Mapping):
         raise JobInputError("input", f"must be a JSON object with the job's fields (got {_show(job_input)})")
@@ -236,7 +236,7 @@ def _unknown_fields(job_input: Mapping[str, Any], task: str) -> list[tuple[str, 
     return issues
 
 
-def _tts(r: _Reader, limits: JobLimits) -> TtsRequest:
+def _tts(r: _Reader, limits: JobSettings) -> TtsRequest:
     text = r.text("text", required=True, max_chars=limits.max_text_chars)
     ref_audio = r.text("ref_audio")
     voice = r.text("voice", check=_voice_name)
@@ -265,7 +265,7 @@ def _tts(r: _Reader, limits: JobLimits) -> TtsRequest:
     )
 
 
-def _transcribe(r: _Reader, limits: JobLimits) -> TranscribeRequest:
+def _transcribe(r: _Reader, limits: JobSettings) -> TranscribeRequest:
     del limits  # size and duration limits apply once the audio is fetched
     return TranscribeRequest(
         audio=r.text("audio", required=True) or "",

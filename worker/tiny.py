@@ -18,7 +18,7 @@ import tempfile
 from importlib.resources import files
 from pathlib import Path
 
-from worker.config import WorkerConfig
+from worker.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
@@ -226,10 +226,10 @@ def ensure_tiny_models(cache_dir: Path) -> Path:
     return final
 
 
-def tiny_config(cache_dir: Path, **overrides) -> WorkerConfig:
-    """A WorkerConfig on the tiny models, CPU, offline; keyword overrides replace fields."""
+def tiny_config(cache_dir: Path, **overrides) -> EngineSettings:
+    """EngineSettings on the tiny models, CPU, offline; keyword overrides replace fields."""
     root = ensure_tiny_models(cache_dir)
-    cfg = WorkerConfig(
+    cfg = EngineSettings(
         volume=root / "volume",
         device="cpu",
         f5_arch=str(root / "f5" / "arch.json"),
@@ -251,7 +251,7 @@ def tiny_config(cache_dir: Path, **overrides) -> WorkerConfig:
 
 def tiny_env(root: Path) -> dict[str, str]:
     """The worker's environment variables for the tiny models in ``root`` (from ensure_tiny_models), so a
-    plain ``python -m worker`` (as the installer execs it) loads them: WorkerConfig.from_env of this
+    plain ``python -m worker`` (as the installer execs it) loads them: EngineSettings.from_env of this
     mapping equals tiny_config's model settings. The caller adds WORKER_VOLUME and WORKER_DEVICE."""
     return {
         "F5_ARCH": str(root / "f5" / "arch.json"),

@@ -8,7 +8,7 @@ host-bound, ~1,340 kernel launches per ODE step, and samples in a fresh thread p
 - runs cond and uncond (classifier-free guidance) as one batch-2 forward, like upstream;
 - on CUDA: pads the mel length up to a bucket (masked, so the valid frames are unchanged) and replays
   one captured CUDA graph per bucket for each ODE step, removing the launch overhead.
-Each optimisation is switchable (worker/config.py) and checked against the plain path on CPU by tests.
+Each optimisation is switchable (worker/settings.py) and checked against the plain path on CPU by tests.
 
 Text is batched like upstream (``chunk_text``: sentences and clauses up to a byte budget that keeps a
 batch near 22 s), with one difference: a clause longer than the budget (no punctuation for hundreds
@@ -253,6 +253,8 @@ class _StepGraph:
 class F5Synth:
     """Warm F5-TTS: CFM/DiT + Vocos loaded once; `synthesize` yields cross-faded float32 chunks."""
 
+    max_ref_seconds = MAX_REF_SECONDS  # the engine sets the configured cap (WORKER_MAX_REF_SECONDS)
+
     def __init__(self, cfm, vocos, device: str, *, sampler: str = "fast", bucket_frames: int = 1,
                  cuda_graphs: bool = False, compile_mode: str | None = None,
                  first_chunk_chars: int = 0, length_snap: bool = False) -> None:
@@ -290,7 +292,7 @@ class F5Synth:
     # ---- text batching -------------------------------------------------------------------------
     def plan(self, text: str, ref_text: str, ref_seconds: float, speed: float, seed: int,
              first_chunk_chars: int | None = None) -> list[Batch]:
-        max_chars = int(_utf8_len(ref_text) / ref_seconds * (BATCH_SECONDS - ref_seconds) * speed)
+        max_chars = int(_utf8_len(ref_text) / ref_seconds * max(BATCH_SECONDS - ref_seconds, 2.0) * speed)
         max_chars = max(max_chars, 1)
         first = self.first_chunk_chars if first_chunk_chars is None else first_chunk_chars
         if first and first < max_chars:
@@ -332,8 +334,9 @@ class F5Synth:
         seconds = len(ref) / SAMPLE_RATE
         if seconds < HOP * 4 / SAMPLE_RATE:
             raise EngineError("ref_audio", "too short (need at least 0.05 s of reference speech)")
-        if seconds > MAX_REF_SECONDS:
-            raise EngineError("ref_audio", f"{seconds:.1f} s is longer than {MAX_REF_SECONDS:.0f} s; trim it")
+        if seconds > self.max_ref_seconds:
+            raise EngineError("ref_audio", f"{seconds:.1f} s is longer than {self.max_ref_seconds:g} s; "
+                                           "trim it (or raise WORKER_MAX_REF_SECONDS)")
         if not ref_text.strip():
             raise EngineError("ref_text",
                               "empty; give the reference transcript (or let the worker transcribe it)")

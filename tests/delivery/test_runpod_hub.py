@@ -152,12 +152,11 @@ def test_documented_bootstrap_default_is_the_code_default(key: str, default: obj
 
 @pytest.mark.parametrize(("key", "default"), _defaults(("WORKER_", "F5_", "WHISPER_", "ALIGN_", "DEFAULT_L")))
 def test_documented_worker_default_is_the_code_default(key: str, default: object) -> None:
-    from worker.config import WorkerConfig
-    from worker.limits import JobLimits
+    from worker.settings import EngineSettings, JobSettings
 
     env = {key: _as_env(default)}
-    assert WorkerConfig.from_env(env) == WorkerConfig.from_env({})
-    assert JobLimits.from_env(env) == JobLimits.from_env({})
+    assert EngineSettings.from_env(env) == EngineSettings.from_env({})
+    assert JobSettings.from_env(env) == JobSettings.from_env({})
 
 
 def test_the_first_start_has_time_to_install() -> None:
@@ -169,8 +168,8 @@ def test_the_first_start_has_time_to_install() -> None:
 
 
 def test_runpod_tests_json_is_hub_format_with_real_inputs() -> None:
-    from worker.limits import JobLimits
     from worker.schema import parse_job  # the job layer's own validation
+    from worker.settings import JobSettings
 
     assert TESTS["tests"] and {"gpuTypeId", "gpuCount", "env"} <= set(TESTS["config"])
     for env in TESTS["config"]["env"]:
@@ -181,4 +180,4 @@ def test_runpod_tests_json_is_hub_format_with_real_inputs() -> None:
             if field in test["input"]:
                 with wave.open(io.BytesIO(base64.b64decode(test["input"][field]))) as wav:
                     assert wav.getnframes() > 0
-        parse_job(test["input"], JobLimits.from_env({}))  # raises on an input the worker would refuse
+        parse_job(test["input"], JobSettings.from_env({}))  # raises on an input the worker would refuse

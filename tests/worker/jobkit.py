@@ -154,7 +154,7 @@ def decode_b64(text: str) -> tuple[np.ndarray, int]:
 
 
 def tiny_env() -> dict[str, str]:
-    """Environment variables that make ``WorkerConfig.from_env()`` (production's own config path) load
+    """Environment variables that make ``EngineSettings.from_env()`` (production's own config path) load
     the tiny models from local directories: nothing is downloaded."""
     _, config = tiny_engine()
     return {

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from jobkit import audio_bytes, b64, tiny_engine, voice_like
 
 from worker.handler import Handler
-from worker.limits import JobLimits
 from worker.schema import accepted_fields
+from worker.settings import JobSettings
 
 REF = b64(audio_bytes(voice_like(0.6, 16000, seed=5), 16000))
 FIELDS = sorted(set(accepted_fields("tts")) | set(accepted_fields("transcribe")))
@@ -60,7 +60,7 @@ def core(tmp_path_factory) -> Handler:
     voices = tmp_path_factory.mktemp("voices")
     (voices / "alice.wav").write_bytes(audio_bytes(voice_like(0.5, 24000), 24000))
     (voices / "alice.txt").write_text("Alice.")
-    return Handler(engine, config, JobLimits(voices_dir=voices, max_text_chars=200, url_timeout_s=1.0))
+    return Handler(engine, config, JobSettings(voices_dir=voices, max_text_chars=200, url_timeout_s=1.0))
 
 
 def check(output: object) -> None:

@@ -18,7 +18,7 @@ from worker.handler import (
     runs_local_test,
     start_config,
 )
-from worker.limits import JobLimits
+from worker.settings import JobSettings, Settings
 from worker.subtitles import to_srt
 
 
@@ -48,7 +48,7 @@ def voices_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def limits(voices_dir):
-    return JobLimits(voices_dir=voices_dir, allow_private_urls=True, url_timeout_s=5.0)
+    return JobSettings(voices_dir=voices_dir, allow_private_urls=True, url_timeout_s=5.0)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_reference_by_url(core: Handler) -> None:
 
 def test_private_urls_refused_by_default(engine_config) -> None:
     engine, config = engine_config
-    strict = Handler(engine, config, JobLimits(voices_dir=config.volume / "none"))
+    strict = Handler(engine, config, JobSettings(voices_dir=config.volume / "none"))
     out = tts(strict, ref_audio="http://127.0.0.1:9/ref.wav", ref_text="x")
     assert out["error"].startswith("input.ref_audio: host '127.0.0.1' resolves to a non-public address")
 
@@ -236,7 +236,7 @@ def test_fatal_errors_ask_for_a_fresh_worker(core: Handler) -> None:
     assert not is_fatal(RuntimeError("shape mismatch"))
     assert not is_fatal(ValueError("CUDA error"))
     called = []
-    fatal = Handler(core.jobs.engine, None, core.limits, on_fatal=lambda: called.append(1))
+    fatal = Handler(core.jobs.engine, core.jobs.engine.config, core.limits, on_fatal=lambda: called.append(1))
     out = fatal._failure(torch.cuda.OutOfMemoryError("CUDA out of memory"), "j")
     assert out["refresh_worker"] is True and "GPU failure" in out["error"] and called == [1]
     other = fatal._failure(KeyError("boom"), "j")
@@ -248,11 +248,12 @@ def test_start_config_shapes(engine_config, limits, monkeypatch) -> None:
     assert runs_local_test(["--test_input", "{}"], {"RUNPOD_WEBHOOK_GET_JOB": "x"})
     assert not runs_local_test(["--rp_serve_api"], {})
     assert runs_local_test([], {}) and not runs_local_test([], {"RUNPOD_WEBHOOK_GET_JOB": "x"})
-    streaming = start_config(engine, config, limits, streaming=True)
+    settings = Settings(config, limits)
+    streaming = start_config(engine, settings, streaming=True)
     assert inspect.isgeneratorfunction(streaming["handler"]) and streaming["return_aggregate_stream"]
     streaming["handler"].core.on_fatal()
     assert streaming["refresh_worker"] is True
-    plain = start_config(engine, config, limits, streaming=False)
+    plain = start_config(engine, settings, streaming=False)
     assert not inspect.isgeneratorfunction(plain["handler"])
     monkeypatch.setenv("RUNPOD_WEBHOOK_GET_JOB", "https://example.invalid/job-take/$ID")
     monkeypatch.setattr("sys.argv", ["worker"])
@@ -261,8 +262,8 @@ def test_start_config_shapes(engine_config, limits, monkeypatch) -> None:
     assert not inspect.isgeneratorfunction(make_handler(engine, config, limits))  # local test job
     monkeypatch.setattr("sys.argv", ["worker", "--rp_serve_api"])
     assert inspect.isgeneratorfunction(make_handler(engine, config, limits))  # local API
-    monkeypatch.setenv("WORKER_STREAMING", "0")
-    assert not inspect.isgeneratorfunction(start_config(engine, config, limits)["handler"])
+    unstreamed = Settings(config, dataclasses.replace(limits, streaming=False))  # WORKER_STREAMING=0
+    assert not inspect.isgeneratorfunction(start_config(engine, unstreamed)["handler"])
 
 
 def test_plain_handler_returns_the_dict(engine_config, limits, ref_b64: str) -> None:

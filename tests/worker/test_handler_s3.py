@@ -15,7 +15,7 @@ import pytest
 from jobkit import audio_bytes, b64, decode_b64, tiny_engine, voice_like
 
 from worker.handler import Handler
-from worker.limits import JobLimits
+from worker.settings import JobSettings
 
 BUCKET = "tts-outputs"
 REF = b64(audio_bytes(voice_like(1.0, 16000), 16000))
@@ -44,7 +44,7 @@ def test_large_output_is_uploaded_and_downloadable(s3_endpoint: str, monkeypatch
                         "BUCKET_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)
     engine, config = tiny_engine()
-    base = JobLimits(voices_dir=config.volume / "none")
+    base = JobSettings(voices_dir=config.volume / "none")
     job = {"id": "job-s3", "input": {"text": "Hello there. This goes to the bucket.", "seed": 4,
                                      "nfe_step": 2, "ref_audio": REF,
                                      "ref_text": "A reference.", "timestamps": True}}

@@ -11,7 +11,7 @@ import pytest
 from jobkit import audio_bytes, b64, tiny_engine, voice_like
 
 from worker.handler import Handler
-from worker.limits import JobLimits, LimitsError
+from worker.settings import JobSettings, SettingsError
 
 TEXT = " ".join(f"Sentence number {i} is here to make the job long." for i in range(20))
 
@@ -28,7 +28,7 @@ def ref() -> str:
 
 def _core(engine_config, **limits) -> Handler:
     engine, config = engine_config
-    return Handler(engine, config, JobLimits(voices_dir=config.volume / "voices", **limits))
+    return Handler(engine, config, JobSettings(voices_dir=config.volume / "voices", **limits))
 
 
 def _good_job(core: Handler, ref: str) -> None:
@@ -69,10 +69,10 @@ def test_the_deadline_also_bounds_transcription(engine_config, ref: str) -> None
 
 
 def test_the_job_timeout_variable(monkeypatch) -> None:
-    assert JobLimits.from_env({}).job_timeout_s == 300
-    assert JobLimits.from_env({"WORKER_JOB_TIMEOUT_S": "42.5"}).job_timeout_s == 42.5
-    with pytest.raises(LimitsError, match="WORKER_JOB_TIMEOUT_S='0' must be at least 1"):
-        JobLimits.from_env({"WORKER_JOB_TIMEOUT_S": "0"})
+    assert JobSettings.from_env({}).job_timeout_s == 300
+    assert JobSettings.from_env({"WORKER_JOB_TIMEOUT_S": "42.5"}).job_timeout_s == 42.5
+    with pytest.raises(SettingsError, match="WORKER_JOB_TIMEOUT_S='0' must be at least 1"):
+        JobSettings.from_env({"WORKER_JOB_TIMEOUT_S": "0"})
 
 
 def test_a_wav_answer_too_large_for_the_limit_is_refused_before_synthesis(engine_config, ref: str,

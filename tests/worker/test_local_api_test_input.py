@@ -30,10 +30,10 @@ def run_worker(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def test_test_input_json_is_a_valid_job() -> None:
     job = json.loads((ROOT / "test_input.json").read_text())
-    from worker.limits import JobLimits
     from worker.schema import TtsRequest, parse_job
+    from worker.settings import JobSettings
 
-    request = parse_job(job["input"], JobLimits())
+    request = parse_job(job["input"], JobSettings())
     assert isinstance(request, TtsRequest) and request.timestamps and request.subtitles == "srt"
 
 

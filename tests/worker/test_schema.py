@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.limits import JobLimits, LimitsError
 from worker.schema import (
     JobInputError,
     TranscribeRequest,
@@ -15,8 +14,9 @@ from worker.schema import (
     accepted_fields,
     parse_job,
 )
+from worker.settings import JobSettings, SettingsError
 
-LIMITS = JobLimits(max_text_chars=100)
+LIMITS = JobSettings(max_text_chars=100)
 
 
 def issues(job_input: object) -> list[str]:
@@ -118,15 +118,15 @@ def test_accepted_fields_cover_the_contract() -> None:
 
 
 def test_limits_from_env(tmp_path) -> None:
-    limits = JobLimits.from_env({"WORKER_MAX_TEXT_CHARS": "12", "WORKER_ALLOW_PRIVATE_URLS": "1",
+    limits = JobSettings.from_env({"WORKER_MAX_TEXT_CHARS": "12", "WORKER_ALLOW_PRIVATE_URLS": "1",
                                  "BUCKET_ENDPOINT_URL": "http://127.0.0.1:9"}, volume=tmp_path)
     assert limits.max_text_chars == 12 and limits.allow_private_urls and limits.s3_configured
     assert limits.voices_dir == tmp_path / "voices"
-    assert JobLimits.from_env({}).allow_private_urls is False
-    with pytest.raises(LimitsError, match="WORKER_URL_TIMEOUT_S='soon' is not a float"):
-        JobLimits.from_env({"WORKER_URL_TIMEOUT_S": "soon"})
-    with pytest.raises(LimitsError, match="WORKER_MAX_TEXT_CHARS='0' must be at least 1"):
-        JobLimits.from_env({"WORKER_MAX_TEXT_CHARS": "0"})
+    assert JobSettings.from_env({}).allow_private_urls is False
+    with pytest.raises(SettingsError, match="WORKER_URL_TIMEOUT_S='soon' is not a number"):
+        JobSettings.from_env({"WORKER_URL_TIMEOUT_S": "soon"})
+    with pytest.raises(SettingsError, match="WORKER_MAX_TEXT_CHARS='0' must be at least 1"):
+        JobSettings.from_env({"WORKER_MAX_TEXT_CHARS": "0"})
 
 
 # Any code point, lone surrogates (which JSON parsers hand over for "\ud800") far more often than a

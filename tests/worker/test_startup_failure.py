@@ -27,8 +27,8 @@ import pytest
 from jobkit import tiny_env
 
 from worker import failure
-from worker.config import ConfigError
 from worker.models import ModelError
+from worker.settings import SettingsError
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_S = 180
@@ -176,7 +176,7 @@ def test_a_checkpoint_that_does_not_load(worker_with, tmp_path: Path) -> None:
 
 # -- in process --------------------------------------------------------------------------------------
 def test_classification_by_kind() -> None:
-    config = failure.classify(ConfigError("F5_DTYPE", "must be one of a, b", value="x"), "config")
+    config = failure.classify(SettingsError("F5_DTYPE", "must be one of a, b", value="x"), "config")
     assert (config.phase, config.cause) == ("config", "F5_DTYPE='x' must be one of a, b")
     models = failure.classify(ModelError("F5_CKPT", "is no such file", value="/x"), "models")
     assert (models.phase, models.cause, models.replace) == ("models", "F5_CKPT='/x' is no such file", False)
@@ -203,7 +203,7 @@ def test_the_sdk_turns_the_answer_into_a_failed_job_that_stops_the_worker() -> N
     first = asyncio.run(run_job(handler, {"id": "j1", "input": {"text": "hi"}}))
     again = asyncio.run(run_job(handler, {"id": "j2", "input": {}}))
     assert first == again == {"error": fault.line, "stopPod": True}  # the SDK's own refresh_worker
-    config_error = failure.classify(ConfigError("X", "is bad", value="1"), "config")
+    config_error = failure.classify(SettingsError("X", "is bad", value="1"), "config")
     failure.serve_queue(config_error, start=served.append)
     answer = asyncio.run(run_job(served[1]["handler"], {"id": "j3", "input": {}}))
     assert answer == {"error": config_error.line}  # no refresh: a fresh container would fail the same way
@@ -223,7 +223,7 @@ def test_a_local_run_without_a_queue_exits_with_the_phase_code(monkeypatch, capl
     monkeypatch.delenv("RUNPOD_WEBHOOK_GET_JOB", raising=False)
     monkeypatch.delenv("RUNPOD_REALTIME_PORT", raising=False)
     served: list = []
-    assert startup.fail(ConfigError("F5_DTYPE", "is bad", value="x"), "config", served.append) == 2
+    assert startup.fail(SettingsError("F5_DTYPE", "is bad", value="x"), "config", served.append) == 2
     assert startup.fail(ModelError("F5_CKPT", "gone"), "models", served.append) == 2
     assert startup.fail(KeyError("bug"), "load", served.append) == 1
     assert served == []

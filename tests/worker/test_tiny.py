@@ -55,9 +55,9 @@ def test_tiny_config_points_at_local_dirs_only():
 
 def test_tiny_env_configures_the_same_models_as_tiny_config():
     """`just demo` runs plain `python -m worker`: these variables must make it load the tiny models."""
-    from worker.config import WorkerConfig
+    from worker.settings import EngineSettings
     from worker.tiny import tiny_env
 
     want = tiny_config(TINY_CACHE)
     env = tiny_env(TINY_CACHE / TINY_VERSION) | {"WORKER_VOLUME": str(want.volume), "WORKER_DEVICE": "cpu"}
-    assert WorkerConfig.from_env(env) == want
+    assert EngineSettings.from_env(env) == want

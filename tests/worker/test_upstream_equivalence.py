@@ -94,7 +94,7 @@ def test_fast_sampler_equals_upstream_infer(root, upstream, rms):
 
 
 def test_engine_as_configured_equals_upstream_infer(root, upstream):
-    """The whole path a job takes: WorkerConfig -> Engine.load (model resolution, loading) -> synthesize."""
+    """The whole path a job takes: EngineSettings -> Engine.load (model resolution, loading) -> synthesize."""
     from worker.engine import Engine, SynthesisParams
     from worker.tiny import tiny_config
 

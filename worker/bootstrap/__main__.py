@@ -31,7 +31,8 @@ def _install_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m worker.bootstrap",
                                 description="Install the packed env on the volume and exec the worker in it.")
     p.add_argument("--manifest-url", help="http(s):// or file:// URL of manifest.json (env MANIFEST_URL)")
-    p.add_argument("--volume", help="network volume directory (env RUNPOD_VOLUME, default /runpod-volume)")
+    p.add_argument("--volume", help="network volume directory (env RUNPOD_VOLUME, default "
+                                    f"{config_mod.DEFAULT_VOLUME})")
     p.add_argument("--manifest-sha256", help="expected sha256 of manifest.json (env MANIFEST_SHA256)")
     p.add_argument("--no-exec", action="store_true", help="install, print the JSON line, exit")
     p.add_argument("--parallel", type=int, help="parts downloaded at once (env BOOTSTRAP_PARALLEL)")

@@ -139,7 +139,3 @@ def validate(config: Config) -> Config:
                              "use 'container' or 'fail'")
     return config
 
-
-def on_runpod(env: Mapping[str, str] | None = None) -> bool:
-    env = os.environ if env is None else env
-    return bool(env.get("RUNPOD_WEBHOOK_GET_JOB") or env.get("RUNPOD_POD_ID"))

@@ -15,6 +15,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from .config import DEFAULT_VOLUME
 from .errors import BootstrapError
 from .layout import Layout
 
@@ -37,17 +38,17 @@ def choose_volume(volume: Path, fallback: str, container_dir: Path) -> Path:
     except OSError as exc:
         raise BootstrapError("preflight", f"volume {volume} cannot be examined: {exc.strerror or exc}",
                              "point --volume / RUNPOD_VOLUME at the volume's mount directory (RunPod: "
-                             "/runpod-volume) and check its permissions") from None
+                             f"{DEFAULT_VOLUME}) and check its permissions") from None
     if info is not None:
         if stat.S_ISDIR(info.st_mode):
             return volume
         raise BootstrapError("preflight", f"volume {volume} is not a directory (it is a "
                              f"{_kind(info.st_mode)})",
                              "point --volume / RUNPOD_VOLUME at the volume's mount directory (RunPod: "
-                             "/runpod-volume), not at a file")
+                             f"{DEFAULT_VOLUME}), not at a file")
     if fallback == "fail":
         raise BootstrapError("preflight", f"volume {volume} does not exist",
-                             "attach a network volume to the endpoint (mounted at /runpod-volume), or "
+                             f"attach a network volume to the endpoint (mounted at {DEFAULT_VOLUME}), or "
                              "set BOOTSTRAP_VOLUME_FALLBACK=container to install on the container disk")
     log.warning("!" * 78)
     log.warning("VOLUME %s IS MISSING: installing on the container disk at %s instead.",

@@ -22,7 +22,7 @@ demo *ARGS:
 
 # The worker with tiny generated models on the runpod local API at 127.0.0.1:PORT.
 serve PORT="8000":
-    python -m worker.devserve --port {{ PORT }}
+    python -m devtools.devserve --port {{ PORT }}
 
 # Lint everything, then run the whole test suite.
 test *ARGS: lint

@@ -237,10 +237,10 @@ def build_dit(tiny: bool, device: str, dtype):
     import torch
     from f5_tts.model.backbones.dit import DiT
 
-    from worker import tts
+    from worker.engine import tts
 
     if tiny:
-        from worker import tiny as tiny_mod
+        from devtools import tiny as tiny_mod
 
         arch = dict(tiny_mod.TINY_DIT)
     else:

@@ -94,8 +94,8 @@ def make_models(tmp: Path, tiny: bool, seed: int = 0) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from worker import tiny as tiny_mod
-    from worker import tts
+    from devtools import tiny as tiny_mod
+    from worker.engine import tts
 
     if tiny:
         root = tiny_mod.ensure_tiny_models(ROOT / ".cache" / "tiny-models")
@@ -171,7 +171,7 @@ def upstream_api(paths: dict, device: str, tiny: bool):
 def engine_variant(paths: dict, device: str, name: str):
     import torch
 
-    from worker import tts
+    from worker.engine import tts
 
     dtype = torch.float16 if device == "cuda" else torch.float32
     cfm = tts.load_cfm(paths["arch"], paths["ckpt"], paths["vocab"], device, dtype)
@@ -249,7 +249,7 @@ def measure_alignment(align_dir: Path, audio24: np.ndarray, device: str, runs: i
     import torchaudio
     import whisperx
 
-    from worker.models import write_punkt_tab
+    from worker.engine.models import write_punkt_tab
 
     nltk_dir = Path(tempfile.mkdtemp()) / "nltk"
     write_punkt_tab(nltk_dir, ("english",))
@@ -356,7 +356,7 @@ def measure_warmup(paths: dict, device: str, ref: np.ndarray, runs: int) -> dict
     lengths served without a single new capture."""
     import torch
 
-    from worker import tts
+    from worker.engine import tts
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()

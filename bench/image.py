@@ -81,7 +81,8 @@ def worker_layers(work: Path) -> tuple[dict[str, int], dict[str, int]]:
         (app / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, app / rel)
     code = layer_sizes(app)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(app / "artifact"), str(app / "worker")], check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(app / "artifact"), str(app / "worker")],
+                   check=True)
     pyc = work / "pyc"
     for path in app.rglob("*.pyc"):
         (pyc / path.relative_to(app)).parent.mkdir(parents=True, exist_ok=True)

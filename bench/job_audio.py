@@ -25,7 +25,7 @@ import soundfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker import audio
+from worker.jobs import audio
 
 
 def signal(seconds: float, rate: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 
     python -m devtools.demo [--work .cache/demo] [--keep-volume] [--port N]
 
-1. models   tiny random-weight F5-TTS / Vocos / Whisper / wav2vec2 models (worker.tiny), made once
+1. models   tiny random-weight F5-TTS / Vocos / Whisper / wav2vec2 models (devtools.tiny), made once
 2. wheels   the production pip lock's files (env/requirements.lock: the same torch 2.8 + CUDA wheels
             that ship; they run on a CPU) in the wheelhouse .cache/wheels, which ./dev fills from PyPI
             when it installs the venv from the same lock; checked by hash, downloaded only if missing
@@ -121,7 +121,7 @@ def base_env() -> dict[str, str]:
 # -- phases -------------------------------------------------------------------------------------------
 
 def phase_models(cache: Path, note: list[str]) -> dict[str, str]:
-    from worker.tiny import TINY_VERSION, ensure_tiny_models, tiny_env
+    from devtools.tiny import TINY_VERSION, ensure_tiny_models, tiny_env
 
     existed = (cache / TINY_VERSION).is_dir()
     root = ensure_tiny_models(cache)

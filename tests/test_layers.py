@@ -1,4 +1,4 @@
-"""The layers of docs/architecture.md, as imports: each package imports only what its layer may.
+"""The layers of docs/architecture.md, as imports: each part of the tree imports only what its layer may.
 
 Read from the code (an AST walk over every import, top-level or inside a function), so a new import
 across a layer fails here rather than in a review.
@@ -13,34 +13,77 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+OURS = ("artifact", "pack", "worker", "devtools", "bench", "scripts", "tests")
 
 
-def imports(package: str) -> dict[str, set[str]]:
-    """Top-level names of what each module of ``package`` imports (relative imports resolved)."""
+def imported(part: str) -> dict[str, set[str]]:
+    """What each module under ``part`` (a package folder or one file) imports: our modules by full
+    dotted name (relative imports resolved), third-party and stdlib ones by their top-level name."""
+    root = REPO / part
     found: dict[str, set[str]] = {}
-    for path in sorted((REPO / package).rglob("*.py")):
+    for path in [root] if root.is_file() else sorted(root.rglob("*.py")):
+        package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
         names: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
-                names.update(alias.name.split(".")[0] for alias in node.names)
+                names.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
-                names.add(package if node.level else (node.module or "").split(".")[0])
-        found[str(path.relative_to(REPO))] = names
+                base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+                module = ".".join(filter(None, (base, node.module)))
+                names.add(module)
+        found[str(path.relative_to(REPO))] = {n if n.split(".")[0] in OURS else n.split(".")[0]
+                                              for n in names}
     return found
 
 
+def ours(names: set[str]) -> set[str]:
+    return {n for n in names if n.split(".")[0] in OURS}
+
+
+def allowed(names: set[str], *prefixes: str) -> set[str]:
+    """The imports of ours that are not under one of ``prefixes``."""
+    return {n for n in ours(names) if not any(n == p or n.startswith(p + ".") for p in prefixes)}
+
+
 def test_the_contract_is_stdlib_only() -> None:
-    for module, names in imports("artifact").items():
-        foreign = {n for n in names if n not in sys.stdlib_module_names} - {"artifact", "__future__"}
-        assert not foreign, f"{module} imports {sorted(foreign)}: the contract must stay stdlib-only"
+    for module, names in imported("artifact").items():
+        foreign = {n for n in names if n.split(".")[0] not in sys.stdlib_module_names} - {"__future__"}
+        assert not allowed(foreign, "artifact"), f"{module}: the contract must stay stdlib-only"
+        assert not {n for n in foreign if n.split(".")[0] not in OURS}, module
 
 
 def test_the_builder_does_not_depend_on_the_worker() -> None:
-    for module, names in imports("pack").items():
-        assert "worker" not in names and "devtools" not in names, module
+    for module, names in imported("pack").items():
+        assert not allowed(names, "artifact", "pack"), module
 
 
-@pytest.mark.parametrize("package", ["artifact", "worker"])
-def test_the_image_tree_imports_no_development_tool(package: str) -> None:
-    for module, names in imports(package).items():
-        assert not names & {"devtools", "pack", "bench", "tests"}, module
+def test_the_installer_needs_only_the_contract() -> None:
+    """It runs in the slim image before any environment exists: stdlib, zstandard, the contract."""
+    for module, names in imported("worker/bootstrap").items():
+        assert not allowed(names, "artifact", "worker.bootstrap"), module
+
+
+@pytest.mark.parametrize(("part", "may"), [
+    ("worker/errors.py", ()),
+    ("worker/settings.py", ("worker.errors", "worker.bootstrap.config")),
+    ("worker/engine", ("worker.engine", "worker.errors", "worker.settings", "worker.bootstrap", "artifact")),
+    ("worker/jobs", ("worker.jobs", "worker.errors", "worker.settings", "worker.engine.core")),
+    ("worker/queue", ("worker.queue", "worker.jobs", "worker.errors", "worker.settings",
+                           "worker.engine.core", "worker.bootstrap.fallback")),
+])
+def test_each_worker_layer_imports_only_the_layers_below(part: str, may: tuple[str, ...]) -> None:
+    for module, names in imported(part).items():
+        assert not allowed(names, *may), f"{module} imports {sorted(allowed(names, *may))}"
+
+
+def test_only_the_runpod_glue_and_the_entry_point_use_the_runpod_sdk() -> None:
+    for part in ("worker/engine", "worker/jobs", "worker/errors.py", "worker/settings.py"):
+        for module, names in imported(part).items():
+            assert "runpod" not in names, module
+
+
+def test_the_image_tree_holds_no_development_tool() -> None:
+    for part in ("artifact", "worker"):
+        for module, names in imported(part).items():
+            assert not allowed(names, "artifact", "worker"), module
+    assert not list((REPO / "worker").rglob("tiny.py")) and not list((REPO / "worker").rglob("devserve.py"))

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from devtools import devenv
-from worker.engine import Engine, SynthesisParams
-from worker.tiny import tiny_config
+from devtools.tiny import tiny_config
+from worker.engine.core import Engine, SynthesisParams
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CACHE = ROOT / ".cache" / "tiny-models"

@@ -3,14 +3,15 @@
 Startup order (nothing takes a job before the models can serve):
 1. configuration from the environment (worker/settings.py), checked;
 2. model files present: local directories as they are, pinned hub revisions downloaded onto the volume
-   once (under a lease, atomic commit; worker/models.py), then HF_HUB_OFFLINE=1;
+   once (under a lease, atomic commit; worker/engine/models.py), then HF_HUB_OFFLINE=1;
 3. Engine.load: F5-TTS + vocoder, WhisperX ASR + the default language's alignment model;
 4. one warm-up inference of each model;
-5. runpod.serverless.start with the job handler (worker/handler.py).
-A failure before 5 logs one line naming the phase, the cause and the remedy (worker/failure.py); then,
-where a job queue is there (on RunPod, or runpod's local API), the worker stays up and answers every
-job with that line as its ``{"error"}`` (asking to be replaced after the job where a fresh container could
-help, a CUDA fault), instead of exiting into RunPod's restart loop with the jobs waiting unanswered.
+5. runpod.serverless.start with the job handler (worker/queue/handler.py).
+A failure before 5 logs one line naming the phase, the cause and the remedy
+(worker/queue/failure.py); then, where a job queue is there (on RunPod, or runpod's local API), the
+worker stays up and answers every job with that line as its ``{"error"}`` (asking to be replaced after the
+job where a fresh container could help, a CUDA fault), instead of exiting into RunPod's restart loop with
+the jobs waiting unanswered.
 Without a queue (a plain local run) it exits non-zero: 2 for a variable or a model spec, else 1.
 """
 
@@ -29,7 +30,7 @@ log = logging.getLogger("worker")
 def prepare(config: EngineSettings, *, warmup: bool = True, on_phase: Callable[[str], None] = lambda _: None):
     """Steps 2-4: a warm Engine, ready to serve. ``on_phase`` hears each step's name as it starts
     (models, load, warmup), so a failure can say where it happened."""
-    from worker.engine import Engine, resolve_models
+    from worker.engine.core import Engine, resolve_models
 
     started = time.monotonic()
     on_phase("models")
@@ -46,7 +47,7 @@ def prepare(config: EngineSettings, *, warmup: bool = True, on_phase: Callable[[
 def job_setup(engine, settings: Settings) -> dict:
     """Step 5a: the handler and runpod's start config. ``start_config`` (not a bare handler) so a GPU fault
     under the streaming handler still gets the worker replaced (refresh_worker)."""
-    from worker.handler import start_config
+    from worker.queue.handler import start_config
 
     return start_config(engine, settings)
 
@@ -92,7 +93,7 @@ def main() -> int:
 
 def fail(exc: BaseException, phase: str, serve_failure: Callable | None = None) -> int:
     """Log the startup failure as one line; answer jobs with it where a queue is there, else exit."""
-    from worker import failure
+    from worker.queue import failure
 
     found = failure.classify(exc, phase)
     if not found.expected:  # a bug or a broken environment: the traceback helps

@@ -88,7 +88,7 @@ class JobError(WorkerError):
 
 
 class JobInputError(JobError):
-    """The job input is invalid (``worker.schema``); one issue per field."""
+    """The job input is invalid (``worker.jobs.schema``); one issue per field."""
 
 
 class AudioError(JobError):

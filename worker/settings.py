@@ -40,7 +40,7 @@ downloaded once onto the volume.
 is best) so every worker loads the same bytes. `torchaudio:<BUNDLE>` names a torchaudio pipeline bundle
 (WhisperX's defaults for en, fr, de, es, it are such bundles); its weights are fetched once onto the volume.
 An alignment entry without a spec (`ALIGN_MODELS=en,fr`) takes WhisperX 3.8.6's default for the language
-(worker/models.py, ``whisperx_align_default``), resolved at startup.
+(worker/engine/models.py, ``whisperx_align_default``), resolved at startup.
 
 Job variables (all optional; defaults in brackets):
 
@@ -79,7 +79,7 @@ from worker.errors import Issue, SettingsError
 
 # The default repos' revisions. No commit hash could be looked up from this offline workplace, so the
 # defaults name the branch; set a commit hash in the variable (hf:repo@<sha>) to pin a deployment. The
-# download marker records the revision the files were fetched at (worker/models.py).
+# download marker records the revision the files were fetched at (worker/engine/models.py).
 F5_REPO_REV = "main"
 VOCOS_REV = "main"
 WHISPER_REV = "main"

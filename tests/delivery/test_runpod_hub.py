@@ -27,8 +27,6 @@ PLATFORM = {"RUNPOD_WEBHOOK_GET_JOB", "RUNPOD_WEBHOOK_POST_OUTPUT", "RUNPOD_WEBH
             "RUNPOD_POD_HOSTNAME", "RUNPOD_AI_API_KEY", "RUNPOD_ENDPOINT_ID", "RUNPOD_REALTIME_PORT",
             "RUNPOD_REALTIME_CONCURRENCY", "RUNPOD_PING_INTERVAL", "PATH", "PYTHONPATH", "HOME",
             "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "CONDA_SHLVL", "LD_LIBRARY_PATH", "TMPDIR"}
-# Read only by local development entry points (`just serve`), never in a deployment.
-DEV_ONLY = {"WORKER_TINY_CACHE"}
 # Handed by the installer to the worker it execs (docs/installer.md), never set by the person deploying.
 SET_BY_INSTALLER = {"BOOTSTRAP_VOLUME", "BOOTSTRAP_ENV_ID", "BOOTSTRAP_IN_USE_FILE"}
 # Documented in hub.json but read by the runpod SDK's rp_upload rather than by our code.
@@ -110,7 +108,7 @@ def test_hub_lists_every_variable_the_code_reads() -> None:
     core = {"MANIFEST_URL", "RUNPOD_VOLUME", "WORKER_VOLUME", "F5_CKPT", "WORKER_MAX_TEXT_CHARS"}
     assert core <= set(found), "the scanner lost track of the config modules"
     missing = {name: sorted(where) for name, where in found.items()
-               if name not in HUB_ENV and name not in PLATFORM | DEV_ONLY | SET_BY_INSTALLER}
+               if name not in HUB_ENV and name not in PLATFORM | SET_BY_INSTALLER}
     assert not missing, f"add these to .runpod/hub.json (read in): {missing}"
 
 
@@ -168,7 +166,7 @@ def test_the_first_start_has_time_to_install() -> None:
 
 
 def test_runpod_tests_json_is_hub_format_with_real_inputs() -> None:
-    from worker.schema import parse_job  # the job layer's own validation
+    from worker.jobs.schema import parse_job  # the job layer's own validation
     from worker.settings import JobSettings
 
     assert TESTS["tests"] and {"gpuTypeId", "gpuCount", "env"} <= set(TESTS["config"])

@@ -141,8 +141,8 @@ def serve_audio() -> Iterator[AudioServer]:
 @functools.cache
 def tiny_engine() -> tuple[Any, Any]:
     """The real Engine on the tiny generated models, loaded once per test process."""
-    from worker.engine import Engine
-    from worker.tiny import tiny_config
+    from devtools.tiny import tiny_config
+    from worker.engine.core import Engine
 
     config = tiny_config(TINY_CACHE)
     return Engine.load(config), config

@@ -128,8 +128,8 @@ def test_the_reference_cap_is_the_configured_one() -> None:
     import numpy as np
     from jobkit import TINY_CACHE
 
-    from worker.engine import Engine, EngineError, SynthesisParams
-    from worker.tiny import tiny_config
+    from devtools.tiny import tiny_config
+    from worker.engine.core import Engine, EngineError, SynthesisParams
 
     assert EngineSettings.from_env({"WORKER_MAX_REF_SECONDS": "30"}).max_ref_seconds == 30.0
     ref = (0.1 * np.random.default_rng(0).standard_normal(25 * 24_000)).astype(np.float32)

@@ -123,7 +123,7 @@ class Record:
 
 def phase_lock(work: Path) -> Path:
     from pack import example
-    from pack.lock import lock
+    from pack.solve import lock
 
     channel = example.ensure_example_lock(work / "build").parent
     spec = work / "interpreter.yml"

@@ -115,7 +115,7 @@ def main(
             if args.check or args.resolve:
                 return _check_locks(args)
             if lock is None:
-                from .lock import lock
+                from .solve import lock
             for path in lock(args.spec, args.out, args.platform, args.only, args.exclude_newer):
                 print(path)
     except PackError as exc:
@@ -125,7 +125,7 @@ def main(
 
 
 def _check_locks(args: argparse.Namespace) -> int:
-    from .lock import check
+    from .solve import check
 
     findings = check(args.spec, args.out, args.platform, args.only, resolve=args.resolve)
     for finding in findings:

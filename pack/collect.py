@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,5 +214,3 @@ def _relative_link(prefix: str, source: str, target: str) -> str:
     return link
 
 
-def iter_files(entries: list[Entry]) -> Iterator[Entry]:
-    return (e for e in entries if e.kind == "file")

@@ -23,7 +23,7 @@ DEFAULT_SOURCE_DATE_EPOCH = 1767225600
 
 @dataclass(frozen=True)
 class PackOptions:
-    """Everything ``build()`` needs. Paths are absolute after ``resolved()``."""
+    """Everything ``build()`` needs, checked by ``validate()``."""
 
     lock: Path | None = None  # conda @EXPLICIT lock file, or a dir holding conda-<platform>.lock
     pip_lock: Path | None = None  # hashed requirements (pip --require-hashes)

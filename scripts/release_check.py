@@ -13,7 +13,7 @@ Checks, all of them, then one line each and a verdict:
              the spec it was made from, and that is the digest of environment.yml as it is now
              (`python -m pack lock --check`, offline). Until the lock workflow has run there is no
              conda lock: this check fails then, naming the workflow to run.
-  contract   the manifest format-1 contract tests pass (tests/test_manifest.py)
+  contract   the manifest format-1 contract tests pass (tests/artifact/test_manifest.py)
   hub        .runpod/hub.json's MANIFEST_URL default (and tests.json's) is this repository's latest release
              (https://github.com/<owner>/<repo>/releases/latest/download/manifest.json): an image the
              RunPod Hub builds from the Dockerfile has no baked URL and installs what that default names.
@@ -169,10 +169,10 @@ def check_locks(ctx: Context) -> Check:
 
 
 def _stale_locks(ctx: Context) -> list[str]:
-    """The recorded spec digests against the spec (pack/lock.py's check: the files alone, offline)."""
+    """The recorded spec digests against the spec (pack/solve.py's check: the files alone, offline)."""
     sys.path.insert(0, str(ROOT))
     from pack.errors import PackError
-    from pack.lock import check
+    from pack.solve import check
 
     try:
         findings = check(ctx.root / ENV_SPEC, ctx.root / "env")
@@ -256,14 +256,18 @@ def run_checks(ctx: Context) -> list[Check]:
     return [check(ctx) for check in CHECKS]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tag", help="the tag to release, e.g. v1.2.0")
     parser.add_argument("--root", type=Path, default=ROOT, help="repository to check (default: this one)")
     parser.add_argument("--skip-tests", action="store_true", help="do not run `just test`")
     parser.add_argument("--ci", action="store_true",
                         help="running on the tag in CI: skip branch, clean-tree, tag-exists and test checks")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     ctx = Context(root=args.root.resolve(), tag=args.tag, ci=args.ci, skip_tests=args.skip_tests)
     results = run_checks(ctx)
     for r in results:

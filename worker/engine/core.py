@@ -7,6 +7,7 @@ layer (worker/queue/handler.py and friends) only talks to the types and methods 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -84,19 +85,26 @@ def _check_audio(audio: np.ndarray, field: str) -> np.ndarray:
     return arr
 
 
+def _time(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _words(raw: list[dict], limit: float) -> tuple[Word, ...]:
-    """WhisperX words -> Word; words it could not time (no start/end) are dropped, times clamped into
-    the audio and made monotonic."""
+    """WhisperX words -> Word, times clamped into the audio and monotonic. WhisperX leaves the words it
+    cannot align (digits, symbols) without times: they are kept (the text stays whole, in the words and
+    the subtitles) and take the end of the word before them, so every time is a number."""
     out: list[Word] = []
     last = 0.0
     for w in raw:
-        if "start" not in w or "end" not in w:
-            continue
-        start = min(max(float(w["start"]), last), limit)
-        end = min(max(float(w["end"]), start), limit)
-        score = w.get("score")
-        out.append(Word(str(w["word"]), round(start, 3), round(end, 3),
-                        None if score is None else float(score)))
+        start, end = _time(w.get("start")), _time(w.get("end"))
+        start = min(out[-1].end if out else 0.0, limit) if start is None else min(max(start, last), limit)
+        end = start if end is None else min(max(end, start), limit)
+        score = _time(w.get("score"))
+        out.append(Word(str(w.get("word", "")), round(start, 3), round(end, 3), score))
         last = start
     return tuple(out)
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from worker.engine.core import SynthesisParams
 from worker.errors import JobInputError
 from worker.jobs.voices import VOICE_NAME
 from worker.settings import JobSettings
@@ -32,6 +33,8 @@ SAMPLE_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 # ISO 639-1/-3 style codes ("en", "yue"); the engine says whether it supports one.
 _LANGUAGE = re.compile(r"[a-z]{2,3}")
 MAX_SEED = 2**32 - 1
+# The synthesis defaults are the engine's (speed, nfe_step, cfg_strength, sway_sampling_coef): one place.
+TTS = SynthesisParams()
 
 
 @dataclass(frozen=True)
@@ -41,10 +44,10 @@ class TtsRequest:
     voice: str | None = None
     ref_text: str | None = None
     language: str | None = None
-    speed: float = 1.0
-    nfe_step: int = 32
-    cfg_strength: float = 2.0
-    sway_sampling_coef: float = -1.0
+    speed: float = TTS.speed
+    nfe_step: int = TTS.nfe_step
+    cfg_strength: float = TTS.cfg_strength
+    sway_sampling_coef: float = TTS.sway_sampling_coef
     seed: int | None = None
     format: str = "wav"
     sample_rate: int | None = None
@@ -212,7 +215,7 @@ def parse_job(job_input: Any, limits: JobSettings) -> Request:
     if task == "voices":
         request: Request = VoicesRequest()
     elif task == "transcribe":
-        request = _transcribe(reader, limits)
+        request = _transcribe(reader)
     else:
         request = _tts(reader, limits)
     issues += reader.issues
@@ -252,10 +255,10 @@ def _tts(r: _Reader, limits: JobSettings) -> TtsRequest:
         voice=voice,
         ref_text=r.text("ref_text", max_chars=limits.max_text_chars),
         language=r.text("language", check=_language),
-        speed=r.number("speed", 1.0, 0.25, 4.0),
-        nfe_step=r.integer("nfe_step", 32, 1, 128) or 32,
-        cfg_strength=r.number("cfg_strength", 2.0, 0.0, 10.0),
-        sway_sampling_coef=r.number("sway_sampling_coef", -1.0, -1.0, 1.0),
+        speed=r.number("speed", TTS.speed, 0.25, 4.0),
+        nfe_step=r.integer("nfe_step", TTS.nfe_step, 1, 128) or TTS.nfe_step,
+        cfg_strength=r.number("cfg_strength", TTS.cfg_strength, 0.0, 10.0),
+        sway_sampling_coef=r.number("sway_sampling_coef", TTS.sway_sampling_coef, -1.0, 1.0),
         seed=r.integer("seed", None, 0, MAX_SEED),
         format=r.choice("format", FORMATS, "wav"),
         sample_rate=r.choice("sample_rate", SAMPLE_RATES, None),
@@ -265,8 +268,8 @@ def _tts(r: _Reader, limits: JobSettings) -> TtsRequest:
     )
 
 
-def _transcribe(r: _Reader, limits: JobSettings) -> TranscribeRequest:
-    del limits  # size and duration limits apply once the audio is fetched
+def _transcribe(r: _Reader) -> TranscribeRequest:
+    # Size and duration limits apply once the audio is fetched (worker.jobs.tasks).
     return TranscribeRequest(
         audio=r.text("audio", required=True) or "",
         language=r.text("language", check=_language),

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from worker.engine.core import SynthesisParams, Word
 from worker.errors import AudioError, DeliveryError, JobTimeout
 from worker.jobs import audio, subtitles
 from worker.jobs.schema import TranscribeRequest, TtsRequest
@@ -103,26 +104,9 @@ class RefTextCache:
         return len(self._items)
 
 
-def _time(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def words_json(words: Sequence[Any]) -> list[dict]:
-    """Words as JSON, times in seconds (ms precision). WhisperX leaves words it cannot align (digits,
-    symbols) without times; those take the neighbouring words' edges so every word keeps strict JSON
-    numbers and the sequence stays monotonic."""
-    out: list[dict] = []
-    for w in words:
-        start, end = _time(w.start), _time(w.end)
-        previous = out[-1]["end"] if out else 0.0
-        start = previous if start is None else max(start, previous)
-        end = start if end is None else max(end, start)
-        out.append({"word": w.word, "start": round(start, 3), "end": round(end, 3)})
-    return out
+def words_json(words: Sequence[Word]) -> list[dict]:
+    """The engine's words as JSON (their times are already clamped, monotonic and rounded to ms)."""
+    return [{"word": w.word, "start": w.start, "end": w.end} for w in words]
 
 
 @dataclass
@@ -181,8 +165,6 @@ class Jobs:
         return found
 
     def _params(self, request: TtsRequest, deadline: JobDeadline) -> Any:
-        from worker.engine.core import SynthesisParams
-
         return SynthesisParams(speed=request.speed, nfe_step=request.nfe_step,
                                cfg_strength=request.cfg_strength,
                                sway_sampling_coef=request.sway_sampling_coef, seed=request.seed,
@@ -200,12 +182,12 @@ class Jobs:
             raise too_large(size, limit, f" at least (the text makes {seconds:.0f} s or more of {rate} Hz "
                                          "WAV; refused before synthesis)")
 
-    def _words(self, request: TtsRequest, samples: np.ndarray) -> list[dict]:
+    def _words(self, request: TtsRequest, samples: np.ndarray) -> tuple[Word, ...]:
         # The language of the text, not the one detected in the reference: cloning across languages
         # is allowed, and a detected language may have no alignment model.
         asr_audio = audio.resample(samples, self.engine.sample_rate, self.engine.asr_sample_rate)
         language = request.language or self.default_language
-        return words_json(self.engine.align(asr_audio, request.text, language))
+        return self.engine.align(asr_audio, request.text, language)
 
     def _annotate(self, request: TtsRequest, out: dict, samples: np.ndarray, timings: dict,
                   deadline: JobDeadline) -> None:
@@ -215,9 +197,9 @@ class Jobs:
             words = self._words(request, samples)
             timings["align"] = round(time.perf_counter() - started, 4)
             if request.timestamps:
-                out["words"] = words
+                out["words"] = words_json(words)
             if request.subtitles:
-                out["subtitles"] = subtitles.render(_Timed.of(words), request.subtitles)
+                out["subtitles"] = subtitles.render(words, request.subtitles)
                 out["subtitles_format"] = request.subtitles
         else:
             timings["align"] = 0.0
@@ -310,11 +292,11 @@ class Jobs:
             "segments": [{"text": s.text, "start": round(float(s.start), 3), "end": round(float(s.end), 3)}
                          for s in result.segments],
         }
-        words = words_json(result.words) if want_words else []
+        words = result.words if want_words else ()
         if request.timestamps:
-            out["words"] = words
+            out["words"] = words_json(words)
         if request.subtitles:
-            out["subtitles"] = subtitles.render(_Timed.of(words), request.subtitles)
+            out["subtitles"] = subtitles.render(words, request.subtitles)
             out["subtitles_format"] = request.subtitles
         timings["total"] = round(time.perf_counter() - start, 4)
         out["timings"] = timings
@@ -326,13 +308,3 @@ def _with_end(chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray | None]:
     yield from chunks
     yield None
 
-
-@dataclass(frozen=True)
-class _Timed:
-    word: str
-    start: float
-    end: float
-
-    @staticmethod
-    def of(words: list[dict]) -> list[_Timed]:
-        return [_Timed(w["word"], w["start"], w["end"]) for w in words]

@@ -149,8 +149,8 @@ class _BoundedSocket:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def settimeout(self, value: float | None) -> None:
-        del value  # the deadline decides
+    def settimeout(self, _timeout: float | None) -> None:
+        """http.client sets per-operation timeouts; ignored: the whole-download deadline decides."""
 
     def setsockopt(self, *args: object) -> None:
         self._sock.setsockopt(*args)  # type: ignore[arg-type]

@@ -16,8 +16,8 @@ from artifact.files import sha256_file
 from pack.__main__ import main
 from pack.build import build
 from pack.errors import PackError
-from pack.lock import CUTOFF_KEY, DIGEST_KEY, check, lock, read_header
 from pack.lockfile import logical_lines, read_conda_lock
+from pack.solve import CUTOFF_KEY, DIGEST_KEY, check, lock, read_header
 from pack.spec import python_version, read_spec
 
 REPO = Path(__file__).resolve().parents[2]

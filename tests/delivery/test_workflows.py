@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 
 import pytest
 import yaml
@@ -57,14 +58,41 @@ def test_least_privilege(name: str) -> None:
             assert step.get("with", {}).get("persist-credentials") is False, f"{name}: {job_id} checkout"
 
 
+def _commands(name: str, job: str) -> list[list[str]]:
+    """The shell commands a job runs, as argv lists: each line (continuations joined) split the way the
+    shell does, at ; && || | ( ) and $( ), control words (if, then, else...) left out."""
+    text = "\n".join(step.get("run", "") for job_id, step in steps(load(name)) if job_id == job)
+    found: list[list[str]] = []
+    for line in re.sub(r"\\\n\s*", " ", text).splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split, lexer.commenters = True, "#"
+        current: list[str] = []
+        for token in [*lexer, ";"]:
+            if set(token) <= set(";&|()"):
+                if current:
+                    found.append(current)
+                current = []
+            elif current or token not in ("if", "then", "else", "elif", "fi", "do", "done", "$"):
+                current.append(token.removesuffix("$") if token.endswith("=$") else token)
+    return found
+
+
+def _gh_release(name: str, job: str, verb: str) -> list[list[str]]:
+    return [c for c in _commands(name, job) if c[:3] == ["gh", "release", verb]]
+
+
 def test_release_chain_order() -> None:
+    """pack uploads to a draft; attest signs what was built; only publish, after both, makes the release
+    public; the image is built from the published release."""
     jobs = load("pack.yml")["jobs"]
     assert jobs["attest"]["needs"] == "pack" and jobs["publish"]["needs"] == "attest"
     assert jobs["image"]["needs"] == "publish" and jobs["image"]["uses"] == "./.github/workflows/image.yml"
     assert jobs["attest"]["permissions"] == {"contents": "read", "id-token": "write", "attestations": "write"}
     assert jobs["image"]["permissions"]["packages"] == "write"
-    runs = " ".join(step.get("run", "") for _, step in steps(load("pack.yml")))
-    assert "--draft" in runs and "--draft=false" in runs
+    created = _gh_release("pack.yml", "pack", "create")
+    assert created and all("--draft" in c for c in created), "the release is created as a draft"
+    undrafted = {job for job in jobs for c in _gh_release("pack.yml", job, "edit") if "--draft=false" in c}
+    assert undrafted == {"publish"}, "only the publish job, after the attestation, makes it public"
     assert "workflow_call" in load("image.yml")["on"]
 
 
@@ -96,18 +124,53 @@ def test_scripts_and_recipes_they_call_exist(name: str) -> None:
 
 
 def test_ci_runs_the_readme_test_command() -> None:
-    assert "./dev test" in _run_lines("ci.yml")
-    assert "./dev test" in (REPO / "README.md").read_text()
+    """The README's commands (`./dev RECIPE`) are recipes of the justfile, and CI runs `./dev test`."""
+    readme = [line.split() for line in (REPO / "README.md").read_text().splitlines()
+              if line.strip().startswith("./dev ")]
+    justfile = (REPO / "justfile").read_text()
+    assert ["./dev", "test"] in readme
+    for words in readme:
+        assert re.search(rf"^{words[1]}\b", justfile, re.M), f"README runs ./dev {words[1]}: no such recipe"
+    assert ["./dev", "test"] in [c for job in load("ci.yml")["jobs"] for c in _commands("ci.yml", job)]
 
 
-def test_release_check_knows_the_ci_flag() -> None:
-    line = next(ln for ln in _run_lines("pack.yml") if "release_check.py" in ln)
-    assert "--ci" in line
-    assert "--ci" in (REPO / "scripts" / "release_check.py").read_text()
+def test_release_check_is_run_with_flags_it_accepts() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("release_check", REPO / "scripts" / "release_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("release_check", module)  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    runs = [c for job in load("pack.yml")["jobs"] for c in _commands("pack.yml", job)
+            if any(w.endswith("scripts/release_check.py") for w in c)]
+    assert runs
+    for words in runs:
+        script = next(i for i, w in enumerate(words) if w.endswith("release_check.py"))
+        args = module.parser().parse_args(words[script + 1:])
+        assert args.ci and args.tag == "$TAG"  # CI checks the tag it runs on, skipping the local checks
 
 
-def test_image_budget_matches_the_docs() -> None:
+def _budget_step() -> tuple[str, dict[str, str]]:
     job = load("image.yml")["jobs"]["image"]
-    assert int(job["env"]["SIZE_BUDGET_BYTES"]) == 150_000_000
-    assert "150 MB compressed" in (REPO / "docs" / "image.md").read_text()
+    step = next(s for s in job["steps"] if s.get("name", "").startswith("Size budget"))
+    return step["run"], job["env"]
 
+
+@pytest.mark.parametrize(("image_bytes", "passes"), [(2_000, True), (400_000, False)])
+def test_the_image_size_budget_fails_an_image_over_it(tmp_path, image_bytes: int, passes: bool) -> None:
+    """The workflow's own step, run with a stub `docker` whose saved image is random bytes: over the
+    budget (scaled down here) it fails with an error naming both sizes."""
+    import os
+    import subprocess
+
+    script, env = _budget_step()
+    assert int(env["SIZE_BUDGET_BYTES"]) == 150_000_000  # docs/image.md: the 150 MB compressed budget
+    stub = tmp_path / "docker"
+    stub.write_text('#!/bin/sh\n[ "$1" = save ] && head -c "$IMAGE_BYTES" /dev/urandom\nexit 0\n')
+    stub.chmod(0o755)
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True,
+                          env={"PATH": f"{tmp_path}:{os.environ['PATH']}", "IMAGE": "img", "TAG": "v1.0.0",
+                               "SIZE_BUDGET_BYTES": "100000", "IMAGE_BYTES": str(image_bytes)})
+    assert (proc.returncode == 0) is passes, proc.stdout + proc.stderr
+    if not passes:
+        assert "::error title=image over budget::" in proc.stdout and "> 100000" in proc.stdout

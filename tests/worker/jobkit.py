@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -166,3 +168,24 @@ def tiny_env() -> dict[str, str]:
         "ALIGN_MODELS": ",".join(f"{k}={v}" for k, v in config.align_models.items()),
         "DEFAULT_LANGUAGE": config.default_language, "NLTK_DATA": str(config.nltk_dir),
     }
+
+
+def wait_for_local_api(base: str, proc: subprocess.Popen, seconds: float, log: Callable[[], str],
+                       poll_s: float = 0.3) -> None:
+    """Until runpod's local API at ``base`` answers (its /openapi.json), failing the test with the tail
+    of the log when ``proc`` exits first or ``seconds`` pass."""
+    import pytest
+
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args[1:3]} exited with {proc.returncode}:\n{log()[-4000:]}")
+        try:
+            with urllib.request.urlopen(base + "/openapi.json", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"no local API at {base} within {seconds} s:\n{log()[-4000:]}")
+        time.sleep(poll_s)

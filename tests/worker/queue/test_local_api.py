@@ -14,13 +14,12 @@ import random
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from jobkit import TINY_CACHE, AudioServer, audio_bytes, b64, decode_b64, voice_like
+from jobkit import TINY_CACHE, AudioServer, audio_bytes, b64, decode_b64, voice_like, wait_for_local_api
 
 pytestmark = pytest.mark.slow
 
@@ -65,19 +64,7 @@ def server(tmp_path_factory):
                                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"devserve exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(base + "/openapi.json", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"devserve did not answer within {STARTUP_S} s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.5)
+        wait_for_local_api(base, process, STARTUP_S, log_path.read_text, poll_s=0.5)
         yield base
     finally:
         process.terminate()

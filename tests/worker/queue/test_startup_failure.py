@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from jobkit import tiny_env
+from jobkit import tiny_env, wait_for_local_api
 
 from worker.engine.models import ModelError
 from worker.queue import failure
@@ -64,19 +63,7 @@ class FailingWorker:
                  "--rp_api_host", "127.0.0.1"], cwd=tmp_path, env=full, stdout=log, stderr=subprocess.STDOUT)
 
     def wait_up(self) -> None:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"the worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            try:
-                with urllib.request.urlopen(self.base + "/openapi.json", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"no local API within {STARTUP_S} s:\n{self.log()[-4000:]}")
-            time.sleep(0.3)
+        wait_for_local_api(self.base, self.proc, STARTUP_S, self.log)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -22,6 +22,7 @@ from .conftest import (
     Artifact,
     Placement,
     Server,
+    assert_tree_matches,
     bootstrap_env,
     build_tar,
     make_env_artifact,

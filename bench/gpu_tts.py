@@ -184,8 +184,13 @@ VARIANTS = {
     # ~0.5 s capture, so not a serving mode).
     "engine-exact-graphs": {"bucket_frames": 1, "cuda_graphs": True},
     # The default plus torch.compile (inductor, no autotune) inside the graphs: what fusing the small
-    # kernels would buy (compiles per bucket shape, so a bench reference only).
+    # kernels buys.
     "engine-default-compile": {"bucket_frames": 64, "cuda_graphs": True, "compile_mode": "default"},
+    # Numerics checks: the same padded, masked math launched op by op (no graphs), and the graphs with
+    # one SDPA kernel forced (efficient attention with the bias; flash for the unmasked exact length).
+    "engine-eager-padded": {"bucket_frames": 64},
+    "engine-default-efficient": {"bucket_frames": 64, "cuda_graphs": True, "sdpa": "EFFICIENT_ATTENTION"},
+    "engine-exact-graphs-flash": {"bucket_frames": 1, "cuda_graphs": True, "sdpa": "FLASH_ATTENTION"},
 }
 
 
@@ -211,7 +216,18 @@ def engine_variant(paths: dict, device: str, name: str):
         options = default_options()
     if device != "cuda":  # as Engine.load does: no buckets without graphs
         options = dict(options, bucket_frames=1)
-    return tts.F5Synth(cfm, vocos, device, **options)
+    options = dict(options)
+    sdpa = options.pop("sdpa", None)
+    synth = tts.F5Synth(cfm, vocos, device, **options)
+    if sdpa and device == "cuda":
+        from torch.nn.attention import SDPBackend
+
+        from worker.attention import KeyPaddingAttnProcessor
+
+        for block in synth.dit.transformer_blocks:
+            if isinstance(block.attn.processor, KeyPaddingAttnProcessor):
+                block.attn.processor.backends = [getattr(SDPBackend, sdpa)]
+    return synth
 
 
 def sync(device: str) -> None:
@@ -267,7 +283,8 @@ def measure_upstream(api, ref_path: Path, ref: np.ndarray, ref_text: str, nfe: i
     first()
     firsts = [timed(first, device) for _ in range(runs)]
     wav = np.asarray(out["wav"])
-    return {"times": times, "first_chunk": firsts, "samples": len(wav), "audio": wav}
+    return {"times": times, "first_chunk": firsts, "samples": len(wav), "audio": wav,
+            "nonfinite": int((~np.isfinite(wav)).sum())}
 
 
 def measure_engine(synth, ref: np.ndarray, nfe: int, runs: int, device: str) -> dict:
@@ -293,7 +310,8 @@ def measure_engine(synth, ref: np.ndarray, nfe: int, runs: int, device: str) -> 
         firsts.append(time.perf_counter() - t0)
         stream.close()
     audio = np.concatenate(out["chunks"])
-    return {"times": times, "first_chunk": firsts, "samples": len(audio), "audio": audio}
+    return {"times": times, "first_chunk": firsts, "samples": len(audio), "audio": audio,
+            "nonfinite": int((~np.isfinite(audio)).sum())}
 
 
 def measure_alignment(align_dir: Path, audio24: np.ndarray, device: str, runs: int) -> list[float]:
@@ -333,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also time the production warm-up (every bucket's graph pre-captured, as "
                          "Engine.warmup does), serve texts of several lengths from those graphs, and "
                          "report peak GPU memory with every model loaded")
+    ap.add_argument("--warmup-variants", nargs="+", default=["engine-default"])
     ap.add_argument("--profile", action="store_true", help="GPU kernels of one NFE-32 synthesis")
     ap.add_argument("--no-align", action="store_true")
     ap.add_argument("--late-variants", nargs="*", default=[],
@@ -387,8 +406,13 @@ def main(argv: list[str] | None = None) -> int:
         results["profile"] = profile_synthesis(paths, device, ref)
         save()
     if args.warmup and device == "cuda":
-        results["warmup"] = measure_warmup(paths, device, ref, args.runs)
-        save()
+        results["warmup"] = {}
+        for variant in args.warmup_variants:
+            try:
+                results["warmup"][variant] = measure_warmup(paths, device, ref, args.runs, variant)
+            except Exception as exc:
+                results["warmup"][variant] = {"error": f"{type(exc).__name__}: {str(exc)[:400]}"}
+            save()
     if device == "cpu":
         args.late_variants = [v for v in args.late_variants if "compile" not in v]
     run_variants(args, args.late_variants, paths, device, ref, ref_path, up_ref_text, results, state, started,
@@ -402,8 +426,8 @@ def report(results: dict, nfes: list[int]) -> str:
     parts = [markdown(results, nfes)]
     if "profile" in results:
         parts.append(profile_markdown(results["profile"]))
-    if "warmup" in results:
-        parts.append(warmup_markdown(results["warmup"]))
+    for variant, w in results.get("warmup", {}).items():
+        parts.append(f"\nWarm-up of {variant}: {w['error']}" if "error" in w else warmup_markdown(w, variant))
     return "\n".join(parts)
 
 
@@ -451,7 +475,7 @@ def run_variants(args, variants, paths, device, ref, ref_path, up_ref_text, resu
 
 def summary(m: dict) -> dict:
     row = {"median_s": statistics.median(m["times"]), "times": m["times"], "samples": m["samples"],
-           "audio_s": m["samples"] / 24000}
+           "audio_s": m["samples"] / 24000, "nonfinite": m["nonfinite"]}
     if m.get("first_chunk"):
         row["first_chunk_s"] = statistics.median(m["first_chunk"])
         row["first_chunks"] = m["first_chunk"]
@@ -472,7 +496,7 @@ WARMUP_TEXTS = {
 }
 
 
-def measure_warmup(paths: dict, device: str, ref: np.ndarray, runs: int) -> dict:
+def measure_warmup(paths: dict, device: str, ref: np.ndarray, runs: int, variant: str) -> dict:
     """The production path: all buckets captured up front (Engine.warmup), then requests of several
     lengths served without a single new capture; then the alignment model loaded and run beside it, for
     the peak memory of every model this bench can load (the CTranslate2 Whisper cannot: docs)."""
@@ -482,7 +506,7 @@ def measure_warmup(paths: dict, device: str, ref: np.ndarray, runs: int) -> dict
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    synth = engine_variant(paths, device, "engine-default")
+    synth = engine_variant(paths, device, variant)
     max_frames = int(tts.BATCH_SECONDS * tts.SAMPLE_RATE / tts.HOP) + 1
     capture_s = timed(lambda: synth.capture_buckets(max_frames), device)
     graphs = len(synth._graphs)
@@ -494,7 +518,8 @@ def measure_warmup(paths: dict, device: str, ref: np.ndarray, runs: int) -> dict
 
         audio = call()
         times = [timed(call, device) for _ in range(runs)]
-        rows[name] = {"median_s": statistics.median(times), "audio_s": len(audio) / 24000}
+        rows[name] = {"median_s": statistics.median(times), "audio_s": len(audio) / 24000,
+                      "nonfinite": int((~np.isfinite(audio)).sum())}
     tts_peak = torch.cuda.max_memory_allocated() / 2**30
     align_s = statistics.median(measure_alignment(paths["align"], audio, device, 2))
     free, total = torch.cuda.mem_get_info()
@@ -570,14 +595,16 @@ def profile_markdown(p: dict) -> str:
     return "\n".join(lines)
 
 
-def warmup_markdown(w: dict) -> str:
-    lines = ["", f"Warm-up: {w['graphs']} bucket graphs captured in {w['capture_s']:.2f} s; new captures "
-             f"while serving: {w['new_graphs_while_serving']}; peak {w['peak_gib']:.2f} GiB (TTS), "
+def warmup_markdown(w: dict, variant: str) -> str:
+    lines = ["", f"Warm-up of {variant}: {w['graphs']} bucket graphs captured in {w['capture_s']:.2f} s; "
+             f"new captures while serving: {w['new_graphs_while_serving']}; "
+             f"peak {w['peak_gib']:.2f} GiB (TTS), "
              f"{w['all_peak_allocated_gib']:.2f} GiB with the alignment model too (reserved "
              f"{w['all_reserved_gib']:.2f} GiB, device in use {w['device_used_gib']:.2f} GiB with the CUDA "
              "context)",
-             "", "| text | audio s | latency s (NFE 32) |", "| --- | --- | --- |"]
-    lines += [f"| {k} | {v['audio_s']:.1f} | {v['median_s']:.3f} |" for k, v in w["texts"].items()]
+             "", "| text | audio s | latency s (NFE 32) | non-finite samples |", "| --- | --- | --- | --- |"]
+    lines += [f"| {k} | {v['audio_s']:.1f} | {v['median_s']:.3f} | {v['nonfinite']} |"
+              for k, v in w["texts"].items()]
     return "\n".join(lines)
 
 
@@ -586,11 +613,11 @@ def markdown(results: dict, nfes: list[int]) -> str:
     lines = [f"device: {results['device']}, torch {results['torch']}, median of {results['runs']} runs; "
              f"default options: {results['default_options']}", "",
              "| variant | NFE | latency s | vs upstream | first chunk s | vs upstream's first | audio s | "
-             "length = upstream's | peak GiB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "length = upstream's | non-finite samples | peak GiB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, v in results["variants"].items():
         if "error" in v:
-            lines.append(f"| {name} | - | {v['error']} | | | | | | |")
+            lines.append(f"| {name} | - | {v['error']} | | | | | | | |")
             continue
         for nfe in nfes:
             row = v["nfe"][nfe]
@@ -604,7 +631,8 @@ def markdown(results: dict, nfes: list[int]) -> str:
             peak = v["peak_gib"]
             lines.append(f"| {name} | {nfe} | {row['median_s']:.3f} | {ratio:.2f}x | "
                          f"{'-' if first is None else f'{first:.3f}'} | {first_ratio:.2f}x | "
-                         f"{row['audio_s']:.2f} | {same} | {'-' if peak is None else f'{peak:.2f}'} |")
+                         f"{row['audio_s']:.2f} | {same} | {row.get('nonfinite', '-')} | "
+                         f"{'-' if peak is None else f'{peak:.2f}'} |")
     if results.get("skipped"):
         lines += ["", f"Skipped (past --deadline-s): {', '.join(results['skipped'])}"]
     if "alignment" in results:

@@ -47,6 +47,8 @@ class KeyPaddingAttnProcessor:
 
     def __init__(self, pe_attn_head: int | None = None) -> None:
         self.pe_attn_head = pe_attn_head
+        # SDPA backends to choose from (torch.nn.attention.SDPBackend); None: torch's own choice.
+        self.backends: list | None = None
 
     def __call__(self, attn, x: torch.Tensor, mask: KeyPadding | torch.Tensor | None = None,
                  rope=None) -> torch.Tensor:
@@ -76,8 +78,15 @@ class KeyPaddingAttnProcessor:
                 query = apply_rotary_pos_emb(query, freqs, q_scale)
                 key = apply_rotary_pos_emb(key, freqs, k_scale)
         bias = None if mask is None else mask.bias
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=0.0,
-                                             is_causal=False)
+        if self.backends is None:
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=0.0,
+                                                 is_causal=False)
+        else:
+            from torch.nn.attention import sdpa_kernel
+
+            with sdpa_kernel(self.backends):
+                out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=0.0,
+                                                     is_causal=False)
         out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))  # linear, dropout
         if mask is not None:

@@ -284,7 +284,10 @@ class F5Synth:
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._forward = self._dit_forward
         if compile_mode:
-            self._forward = torch.compile(self._dit_forward, mode=compile_mode, dynamic=False)
+            # Automatic dynamic shapes: the first bucket compiles static, the second recompiles with a
+            # symbolic length that serves every other bucket (dynamic=False would compile each of the ~33
+            # buckets and, past dynamo's recompile limit of 8, silently run the rest uncompiled).
+            self._forward = torch.compile(self._dit_forward, mode=compile_mode, dynamic=None)
         if (self.bucket > 1 or self.cuda_graphs) and not self.length_snap:
             # Padded frames must not be attended to: upstream's math with the key mask as a broadcast
             # additive bias (worker/attention.py), which keeps a fast SDPA kernel.

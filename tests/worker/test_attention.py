@@ -72,3 +72,17 @@ def test_install_replaces_every_blocks_processor_once():
     assert all(isinstance(p, KeyPaddingAttnProcessor) and p.pe_attn_head == 1 for p in procs)
     install(dit)
     assert [block.attn.processor for block in dit.transformer_blocks] == procs
+
+
+def test_a_chosen_sdpa_backend_computes_the_same():
+    from torch.nn.attention import SDPBackend
+
+    attn = _attention(seed=2)
+    attn.processor = KeyPaddingAttnProcessor()
+    x = torch.randn(2, 40, 64)
+    keep = torch.arange(40).unsqueeze(0) < torch.tensor([[40], [17]])
+    with torch.inference_mode():
+        want = attn(x, mask=keep, rope=_rope(40))
+        attn.processor.backends = [SDPBackend.MATH]
+        got = attn(x, mask=keep, rope=_rope(40))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -243,6 +243,11 @@ class _StepGraph:
 
     def __init__(self, step, y: torch.Tensor, pool) -> None:
         self.y = y
+        # The graph reads every tensor the step closes over (the rotary table, the static buffers) at the
+        # addresses it had at capture: keep them alive as long as the graph, or the allocator hands that
+        # memory to others and replays read garbage (seen on an H200: NaN audio once the rotary table of a
+        # bucket had been freed and reused).
+        self.step = step
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

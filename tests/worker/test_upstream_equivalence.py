@@ -267,3 +267,25 @@ def test_time_grid_is_upstreams(root, nfe):
     t = get_epss_timesteps(nfe, device="cpu", dtype=torch.float32)
     want = t + -1.0 * (torch.cos(torch.pi / 2 * t) - 1 + t)
     torch.testing.assert_close(_synth(root)._time_grid(nfe, -1.0), want, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_real_cuda_graphs_stay_right_after_their_capture_memory_is_reused(root):
+    """A captured step reads the tensors it closed over (rotary table, buffers) at their capture-time
+    addresses: once the allocator has handed freed memory to others, replays must still give the eager
+    result (they gave NaN audio on an H200 while the graph did not keep its rotary table alive)."""
+    arch = tts.load_arch(str(root / "f5" / "arch.json"))
+    cfm = tts.load_cfm(arch, root / "f5" / "model_tiny.safetensors", root / "f5" / "vocab.txt", "cuda",
+                       torch.float32)
+    vocos = tts.load_vocos(root / "vocos", "cuda")
+    ref = _ref(1.0, 0.1, seed=12)
+    eager = tts.F5Synth(cfm, vocos, "cuda")
+    plain = np.concatenate(list(eager.synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=6, seed=4)))
+    graphed = tts.F5Synth(cfm, vocos, "cuda", bucket_frames=64, cuda_graphs=True)
+    graphed.capture_buckets(512)
+    torch.cuda.empty_cache()
+    junk = [torch.full((1 << 18,), float("nan"), device="cuda") for _ in range(256)]
+    del junk
+    got = np.concatenate(list(graphed.synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=6, seed=4)))
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, plain, rtol=0, atol=1e-3 * float(np.abs(plain).max()))

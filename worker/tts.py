@@ -275,9 +275,9 @@ class F5Synth:
         self.cuda_graphs = cuda_graphs and device == "cuda"
         self.bucket = max(1, bucket_frames)
         # Snap (an option, off by default): round each batch's generated length UP to the bucket instead of
-        # padding it, so every frame is generated and no mask is needed. It saves the key-padding bias (a
-        # few % of a step on an H200: docs/BENCHMARKS.md) but a batch then lasts up to one bucket longer
-        # than upstream's, so the audio is no longer upstream's for the same seed.
+        # padding it, so every frame is generated and no mask is needed. It saves the key-padding bias (8%
+        # at NFE 32 on an H200: docs/BENCHMARKS.md) but a batch then lasts up to one bucket longer than
+        # upstream's, so the audio is no longer upstream's for the same seed.
         self.length_snap = length_snap and self.bucket > 1
         self.first_chunk_chars = first_chunk_chars
         # One batch at a time: graph buffers and the DiT's cached text embeddings are shared state. Held

@@ -22,9 +22,9 @@ downloaded once onto the volume.
 | F5_DTYPE | auto | float16 (auto on cuda), bfloat16 or float32 (auto on cpu) for the DiT; vocos stays fp32 |
 | F5_SAMPLER | fast | fast (the engine's own ODE loop) or upstream (f5_tts CFM.sample, for comparison) |
 | F5_CUDA_GRAPHS | 1 | capture one ODE step per padded-length bucket as a CUDA graph (cuda only) |
-| F5_COMPILE | 0 | torch.compile the DiT step (mode: F5_COMPILE_MODE, max-autotune-no-cudagraphs) |
+| F5_COMPILE | 0 | torch.compile the DiT step inside the graphs (mode: F5_COMPILE_MODE, default) |
 | F5_BUCKET_FRAMES | 64 | cuda: pad mel length to a multiple of this (masked), so graphs are reused |
-| F5_LENGTH_SNAP | 1 | cuda: round a batch's length up to the bucket instead (no mask; <= 1 bucket longer) |
+| F5_LENGTH_SNAP | 0 | cuda: round a batch's length up to the bucket instead (no mask; <= 1 bucket longer) |
 | F5_FIRST_CHUNK_CHARS | 0 | >0: the first text batch holds at most this many bytes (earlier stream start) |
 | WHISPER_MODEL | hf:Systran/faster-whisper-large-v3@<rev> | CTranslate2 Whisper dir or hf: spec |
 | WHISPER_COMPUTE_TYPE | auto | float16 on cuda, int8 on cpu; any CTranslate2 compute type |
@@ -195,9 +195,9 @@ class EngineSettings:
     f5_sampler: str = "fast"
     f5_cuda_graphs: bool = True
     f5_compile: bool = False
-    f5_compile_mode: str = "max-autotune-no-cudagraphs"
+    f5_compile_mode: str = "default"
     f5_bucket_frames: int = 64
-    f5_length_snap: bool = True
+    f5_length_snap: bool = False
     f5_first_chunk_chars: int = 0
     max_ref_seconds: float = 20.0
     whisper_model: str = DEFAULT_WHISPER

@@ -6,8 +6,11 @@ host-bound, ~1,340 kernel launches per ODE step, and samples in a fresh thread p
 - computes everything that is constant across ODE steps once per batch: the reference mel, both text
   embeddings (cond/uncond), their share of the input projection, the rotary table, the time grid;
 - runs cond and uncond (classifier-free guidance) as one batch-2 forward, like upstream;
-- on CUDA: pads the mel length up to a bucket (masked, so the valid frames are unchanged) and replays
-  one captured CUDA graph per bucket for each ODE step, removing the launch overhead.
+- on CUDA: pads the mel length up to a bucket and replays one captured CUDA graph per bucket for each
+  ODE step, removing the launch overhead; the padded frames are masked (a broadcast key-padding bias in
+  attention, worker/engine/attention.py, and upstream's masked conv), so the valid frames, and so the length
+  and the audio, are upstream's for the same seed. F5_LENGTH_SNAP instead rounds the length up to the
+  bucket (no mask, slightly faster, longer audio than upstream's).
 Each optimisation is switchable (worker/settings.py) and checked against the plain path on CPU by tests.
 
 Text is batched like upstream (``chunk_text``: sentences and clauses up to a byte budget that keeps a
@@ -35,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from worker.engine import attention
 from worker.errors import EngineError, ModelError
 
 log = logging.getLogger(__name__)
@@ -236,6 +240,11 @@ class _StepGraph:
 
     def __init__(self, step, y: torch.Tensor, pool) -> None:
         self.y = y
+        # The graph reads every tensor the step closes over (the rotary table, the static buffers) at the
+        # addresses it had at capture: keep them alive as long as the graph, or the allocator hands that
+        # memory to others and replays read garbage (seen on an H200: NaN audio once the rotary table of a
+        # bucket had been freed and reused).
+        self.step = step
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -264,10 +273,10 @@ class F5Synth:
         self.sampler = sampler
         self.cuda_graphs = cuda_graphs and device == "cuda"
         self.bucket = max(1, bucket_frames)
-        # Snap: round each batch's generated length UP to the bucket instead of padding it. Every frame is
-        # then generated, so no attention mask is needed (the masked path measured 0.64x upstream on an
-        # H200, unmasked graphs 0.39x: docs/BENCHMARKS.md). The cost: a batch lasts up to one bucket
-        # longer than upstream's length estimate (itself a chars-per-second heuristic).
+        # Snap (an option, off by default): round each batch's generated length UP to the bucket instead of
+        # padding it, so every frame is generated and no mask is needed. It saves the key-padding bias (8%
+        # at NFE 32 on an H200: docs/BENCHMARKS.md) but a batch then lasts up to one bucket longer than
+        # upstream's, so the audio is no longer upstream's for the same seed.
         self.length_snap = length_snap and self.bucket > 1
         self.first_chunk_chars = first_chunk_chars
         # One batch at a time: graph buffers and the DiT's cached text embeddings are shared state. Held
@@ -279,11 +288,14 @@ class F5Synth:
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._forward = self._dit_forward
         if compile_mode:
-            self._forward = torch.compile(self._dit_forward, mode=compile_mode, dynamic=False)
+            # Automatic dynamic shapes: the first bucket compiles static, the second recompiles with a
+            # symbolic length that serves every other bucket (dynamic=False would compile each of the ~33
+            # buckets and, past dynamo's recompile limit of 8, silently run the rest uncompiled).
+            self._forward = torch.compile(self._dit_forward, mode=compile_mode, dynamic=None)
         if (self.bucket > 1 or self.cuda_graphs) and not self.length_snap:
-            # Padded frames must not be attended to: switch on the upstream processors' key masking.
-            for block in self.dit.transformer_blocks:
-                block.attn.processor.attn_mask_enabled = True
+            # Padded frames must not be attended to: upstream's math with the key mask as a broadcast
+            # additive bias (worker/engine/attention.py), which keeps a fast SDPA kernel.
+            attention.install(self.dit)
         proj = self.dit.input_embed.proj
         # Input projection split by input: [x | cond | text]; only the x part changes across steps.
         self._w_x = proj.weight[:, :N_MELS]
@@ -482,8 +494,10 @@ class F5Synth:
         h = y.expand(rows, -1, -1) @ self._w_x.T + const
         h = dit.input_embed.conv_pos_embed(h, mask=mask) + h
         temb = dit.time_embed(t.reshape(1).repeat(rows))
+        # The attention bias is built once per forward (inside the graph when captured), not per block.
+        padding = None if mask is None else attention.KeyPadding.of(mask, h.dtype)
         for block in dit.transformer_blocks:
-            h = block(h, temb, mask=mask, rope=rope)
+            h = block(h, temb, mask=padding, rope=rope)
         return dit.proj_out(dit.norm_out(h, temb))
 
     def _velocity(self, y, const, mask, rope, t, cfg) -> torch.Tensor:

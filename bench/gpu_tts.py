@@ -359,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline-s", type=float, default=0,
                     help=">0: start no new variant after this many seconds (a bounded device call)")
     ap.add_argument("--json-out", type=Path, help="also write the results here after every variant")
+    ap.add_argument("--batched", type=int, nargs="*", default=[],
+                    help="client counts (e.g. 1 4 8 16): concurrent requests through the batching engine "
+                         "against the same requests one after another (NFE 32)")
+    ap.add_argument("--only-batched", action="store_true", help="skip everything but --batched")
     args = ap.parse_args(argv)
     started = time.monotonic()
 
@@ -394,6 +398,16 @@ def main(argv: list[str] | None = None) -> int:
             args.json_out.with_suffix(".md").write_text(report(results, args.nfe) + "\n")
 
     state: dict = {"last_audio": None, "up_audio": {}}
+    if args.batched:
+        try:
+            results["batched"] = measure_batched(paths, device, ref, args.batched, max(2, args.runs // 2))
+        except Exception as exc:
+            results["batched"] = {"error": f"{type(exc).__name__}: {str(exc)[:400]}"}
+        save()
+        if args.only_batched:
+            print(batched_markdown(results["batched"]))
+            print(json.dumps(results, default=float))
+            return 0
     run_variants(args, args.variants, paths, device, ref, ref_path, up_ref_text, results, state, started,
                  save)
     last_audio = state["last_audio"]
@@ -420,6 +434,139 @@ def main(argv: list[str] | None = None) -> int:
     print(report(results, args.nfe))
     print(json.dumps(results, default=float))
     return 0
+
+
+def measure_batched(paths: dict, device: str, ref: np.ndarray, clients: list[int], rounds: int,
+                    nfe: int = 32) -> dict:
+    """N clients at once, each sending 3 requests one after the other, through the default engine with
+    batching (worker/engine/batching.py), against the same requests served one at a time with batching off;
+    each request its own seed, the same ~11 s text (so one bucket: batching's best case). Latency: from
+    when a client sent the request to its last sample (the one-at-a-time side queues, as clients of an
+    unbatched worker would)."""
+    import threading
+
+    import torch
+
+    from worker.engine import tts
+
+    dtype = torch.float16 if device == "cuda" else torch.float32
+
+    def make(rows: int):
+        cfm = tts.load_cfm(paths["arch"], paths["ckpt"], paths["vocab"], device, dtype)
+        options = default_options()
+        if device != "cuda":
+            options["bucket_frames"] = 1
+        return tts.F5Synth(cfm, tts.load_vocos(paths["vocos"], device), device, **options, batch_rows=rows,
+                           batch_window_s=0.01)
+
+    batched, plain = make(max(2, *clients)), make(1)
+
+    def one(synth, seed: int) -> int:
+        return sum(len(c) for c in synth.synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=nfe, seed=seed))
+
+    per_client = 3  # each client sends its next request when the last one is done (a closed loop)
+
+    def concurrent(n: int) -> dict:
+        batched.gatherer.runs = []
+        done: list[tuple[int, float]] = []
+        lock = threading.Lock()
+        sync(device)
+        t0 = time.perf_counter()
+
+        def client(i: int) -> None:
+            for k in range(per_client):
+                start = time.perf_counter()
+                samples = one(batched, i * per_client + k)
+                with lock:
+                    done.append((samples, time.perf_counter() - start))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        runs = list(batched.gatherer.runs)
+        return {"audio_s": sum(d[0] for d in done) / 24000, "wall_s": wall, "lat": [d[1] for d in done],
+                "rows_per_run": statistics.mean(runs) if runs else 0.0}
+
+    def sequential(n: int) -> dict:
+        """The same n * per_client requests served one at a time: a request's latency counts from when
+        its client sent it (all clients send at once; each waits for its previous one)."""
+        sync(device)
+        t0 = time.perf_counter()
+        sent = [0.0] * n
+        lat, samples = [], 0
+        for k in range(per_client):
+            for i in range(n):
+                samples += one(plain, i * per_client + k)
+                now = time.perf_counter() - t0
+                lat.append(now - sent[i])
+                sent[i] = now
+        return {"audio_s": samples / 24000, "wall_s": time.perf_counter() - t0, "lat": lat}
+
+    for n in sorted(set(clients)):  # warm: capture the (bucket, rows) graphs these runs use
+        concurrent(n)
+    sequential(1)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rows = []
+    for n in clients:
+        got: dict[str, list[dict]] = {"batched": [], "sequential": []}
+        for _ in range(rounds):  # alternating, so a change in the machine's load hits both sides
+            got["batched"].append(concurrent(n))
+            got["sequential"].append(sequential(n))
+        row: dict = {"clients": n}
+        for side, runs in got.items():
+            wall = statistics.median(r["wall_s"] for r in runs)
+            audio = statistics.median(r["audio_s"] for r in runs)
+            lat = sorted(x for r in runs for x in r["lat"])
+            row[side] = {"audio_s_per_s": audio / wall, "wall_s": wall, "p50_s": statistics.median(lat),
+                         "p95_s": lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]}
+        row["batched"]["rows_per_run"] = statistics.median(r["rows_per_run"] for r in got["batched"])
+        row["ratio"] = row["batched"]["audio_s_per_s"] / row["sequential"]["audio_s_per_s"]
+        rows.append(row)
+        print(json.dumps(row, default=float), file=sys.stderr, flush=True)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    # Each request's audio when batched, against the same request alone (the same seed): the batched
+    # graphs on the real GPU, where the CPU tests only check their plumbing.
+    got: dict[int, np.ndarray] = {}
+
+    def keep(seed: int) -> None:
+        got[seed] = np.concatenate(list(batched.synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=nfe, seed=seed)))
+
+    batched.gatherer.runs = []
+    threads = [threading.Thread(target=keep, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    diffs = []
+    for seed, audio in sorted(got.items()):
+        alone = np.concatenate(list(plain.synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=nfe, seed=seed)))
+        same = len(alone) == len(audio)
+        diffs.append({"seed": seed, "same_length": same, "finite": bool(np.isfinite(audio).all()),
+                      "max_abs_diff_over_peak": float(np.abs(audio - alone).max() / np.abs(alone).max())
+                      if same else None})
+    return {"nfe": nfe, "rounds": rounds, "rows": rows, "peak_gib_under_batched_load": peak,
+            "batch_graphs": len(batched._batch_graphs), "equality": diffs,
+            "equality_rows_per_run": list(batched.gatherer.runs)}
+
+
+def batched_markdown(b: dict) -> str:
+    if "error" in b:
+        return f"batched: {b['error']}"
+    lines = ["| clients | batched audio s/s | one after another | ratio | batched p50 / p95 "
+             "| one after another p50 / p95 | rows per run |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in b["rows"]:
+        bt, sq = r["batched"], r["sequential"]
+        lines.append(f"| {r['clients']} | {bt['audio_s_per_s']:.1f} | {sq['audio_s_per_s']:.1f} | "
+                     f"{r['ratio']:.2f}x | {bt['p50_s']:.3f} / {bt['p95_s']:.3f} s | {sq['p50_s']:.3f} / "
+                     f"{sq['p95_s']:.3f} s | {bt['rows_per_run']:.1f} |")
+    lines.append(f"peak GPU memory under the batched load: {b['peak_gib_under_batched_load']} GiB; "
+                 f"batched graphs captured: {b['batch_graphs']}; batched vs alone: {b['equality']} "
+                 f"(rows per run {b['equality_rows_per_run']})")
+    return "\n".join(lines)
 
 
 def report(results: dict, nfes: list[int]) -> str:

@@ -26,6 +26,8 @@ downloaded once onto the volume.
 | F5_BUCKET_FRAMES | 64 | cuda: pad mel length to a multiple of this (masked), so graphs are reused |
 | F5_LENGTH_SNAP | 0 | cuda: round a batch's length up to the bucket instead (no mask; <= 1 bucket longer) |
 | F5_FIRST_CHUNK_CHARS | 0 | >0: the first text batch holds at most this many bytes (earlier stream start) |
+| F5_BATCH_ROWS | 1 | >1: concurrent requests' batches share one ODE, up to this many rows (batching.py) |
+| F5_BATCH_WINDOW_MS | 10 | how long a batch waits for requests in flight to join (a lone one never waits) |
 | WHISPER_MODEL | hf:Systran/faster-whisper-large-v3@<rev> | CTranslate2 Whisper dir or hf: spec |
 | WHISPER_COMPUTE_TYPE | auto | float16 on cuda, int8 on cpu; any CTranslate2 compute type |
 | WHISPER_BATCH_SIZE | 8 | WhisperX batched-inference size |
@@ -199,6 +201,8 @@ class EngineSettings:
     f5_bucket_frames: int = 64
     f5_length_snap: bool = False
     f5_first_chunk_chars: int = 0
+    f5_batch_rows: int = 1
+    f5_batch_window_ms: int = 10
     max_ref_seconds: float = 20.0
     whisper_model: str = DEFAULT_WHISPER
     whisper_compute_type: str = "auto"
@@ -251,6 +255,8 @@ class EngineSettings:
             f5_bucket_frames=_number(env, "F5_BUCKET_FRAMES", d.f5_bucket_frames, 1, int),
             f5_length_snap=_flag(env, "F5_LENGTH_SNAP", d.f5_length_snap),
             f5_first_chunk_chars=_number(env, "F5_FIRST_CHUNK_CHARS", d.f5_first_chunk_chars, 0, int),
+            f5_batch_rows=_number(env, "F5_BATCH_ROWS", d.f5_batch_rows, 1, int),
+            f5_batch_window_ms=_number(env, "F5_BATCH_WINDOW_MS", d.f5_batch_window_ms, 0, int),
             max_ref_seconds=_number(env, "WORKER_MAX_REF_SECONDS", d.max_ref_seconds, 0.5),
             whisper_model=_text(env, "WHISPER_MODEL", d.whisper_model),
             whisper_compute_type=_text(env, "WHISPER_COMPUTE_TYPE", d.whisper_compute_type),

@@ -147,6 +147,8 @@ class Engine:
             compile_mode=config.f5_compile_mode if config.f5_compile else None,
             first_chunk_chars=config.f5_first_chunk_chars,
             length_snap=config.f5_length_snap,
+            batch_rows=config.f5_batch_rows,
+            batch_window_s=config.f5_batch_window_ms / 1000,
         )
         synth.max_ref_seconds = config.max_ref_seconds  # WORKER_MAX_REF_SECONDS: the engine's cap too
         log.info("engine: F5-TTS loaded (%s, %s, sampler=%s, graphs=%s) in %.1f s", device, dtype,

@@ -1,0 +1,39 @@
+"""Errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}`` with an HTTP status.
+
+``param`` names the request field at fault as the caller sent it (``input``, ``voice``, ``file``...), so an
+OpenAI client's ``BadRequestError`` says what to fix. Status: 400 for a bad field, 404 for an unknown
+route, 413 for a body over the limit, 429 when the worker is full (with ``Retry-After``), 499-style
+client disconnects are never answered, 500 for a fault, 503 while loading or after a failed start, 504
+past the job deadline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TYPES = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error",
+         413: "invalid_request_error", 415: "invalid_request_error", 429: "rate_limit_error"}
+
+
+@dataclass
+class ApiError(Exception):  # not frozen: raising sets __traceback__
+    status: int
+    message: str
+    param: str | None = None
+    code: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.message
+
+    @property
+    def type(self) -> str:
+        return TYPES.get(self.status, "invalid_request_error" if self.status < 500 else "server_error")
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def bad(param: str | None, message: str, code: str | None = None) -> ApiError:
+    """A 400 naming the field."""
+    return ApiError(400, message, param, code or "invalid_value")

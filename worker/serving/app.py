@@ -10,7 +10,7 @@
                                     ``stream: true``)
 
 Each request that works (speech, transcription, jobs) takes one of ``WORKER_MAX_INFLIGHT`` slots, or is
-answered 429 with ``Retry-After`` at once. The work runs on its own thread (``_Run``), which holds the slot
+answered 429 with ``Retry-After`` at once. The work runs on a pool thread (``_Run``), which holds the slot
 until the work has really stopped; a client that disconnects trips the request's deadline, so the work
 stops at its next check (an ODE step, a batch, a stage) and frees the slot.
 """
@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from starlette.applications import Starlette
@@ -45,12 +46,15 @@ _ids = itertools.count(1)
 
 
 class Slots:
-    """At most ``size`` requests at work; no waiting room (a load-balancing endpoint has no queue)."""
+    """At most ``size`` requests at work; no waiting room (a load-balancing endpoint has no queue). The
+    work runs on a fixed pool of threads (one more than the slots: a thread giving its slot back is still
+    finishing), so memory does not grow with a thread, and its allocator arena, per request."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.busy = 0
         self._lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(size + 1, thread_name_prefix="serving-run")
 
     def take(self) -> bool:
         with self._lock:
@@ -65,7 +69,7 @@ class Slots:
 
 
 class _Run:
-    """One request's work on its own thread; what it emits reaches the event loop in order. The slot is
+    """One request's work on a pool thread; what it emits reaches the event loop in order. The slot is
     given back when the thread ends, not when the client leaves."""
 
     def __init__(self, slots: Slots) -> None:
@@ -84,7 +88,7 @@ class _Run:
                 self.slots.give()
                 self.emit("closed")
 
-        threading.Thread(target=main, name="serving-run", daemon=True).start()
+        self.slots.pool.submit(main)
 
     def emit(self, kind: str, value: Any = None) -> None:
         try:
@@ -128,7 +132,8 @@ def build_app(state: WorkerState, settings: ServingSettings) -> Starlette:
         status = state.ping()
         if status == 204:
             return Response(status_code=204)
-        body = {"status": "ready" if status == 200 and state.failure is None else "failed"}
+        body: dict = {"status": "ready" if status == 200 and state.failure is None else "failed",
+                      "inflight": slots.busy, "max_inflight": slots.size}
         if state.failure is not None:
             body["error"] = state.failure.line
         return JSONResponse(body, status)
@@ -376,6 +381,8 @@ class _AudioStream(Response):
                         "more_body": False})
                     return
                 else:  # the client is gone
+                    log.info("serving: %s: the client went away mid-stream (%s); stopping its work",
+                             self.request_id, kind)
                     return
         finally:
             self.run.cancel.set()

@@ -82,7 +82,9 @@ class _Run:
         def main() -> None:
             try:
                 work(self)
-            except BaseException as err:
+            except BaseException as err:  # the loop answers it
+                if self.cancel.is_set():
+                    log.info("serving: work stopped: %s", err)
                 self.emit("error", err)
             finally:
                 self.slots.give()
@@ -222,7 +224,10 @@ def build_app(state: WorkerState, settings: ServingSettings) -> Starlette:
         return Response(body, media_type=media_type)
 
     async def jobs(request: Request) -> Response:
-        service = ready()
+        try:
+            service = ready()
+        except ApiError as err:  # the native route answers in the queue handler's shape
+            return JSONResponse({"error": err.message}, err.status, headers=err.headers)
         body = await _json(request, service.limits.max_audio_bytes * 4 // 3 + 1_000_000)
         job_input = body.get("input") if isinstance(body, dict) else None
         job_id = str(body.get("id") or f"http-{next(_ids)}") if isinstance(body, dict) else "http"

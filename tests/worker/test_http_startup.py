@@ -87,8 +87,9 @@ def test_a_failed_start_is_answered_to_every_request(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("env", "says"), [
-    ({"WORKER_MODE": "grpc"}, "worker startup failed in config: WORKER_MODE='grpc' must be one of queue, http"),
-    ({"PORT": "eighty"}, "worker startup failed in config: config: PORT='eighty' is not an integer"),
+    ({"WORKER_MODE": "grpc"}, "worker startup failed in config: WORKER_MODE='grpc' must be one of queue, "
+                              "http (remedy: "),
+    ({"PORT": "eighty"}, "worker startup failed in config: PORT='eighty' is not an integer (remedy: "),
 ])
 def test_settings_it_cannot_serve_without_end_the_process(tmp_path: Path, env: dict, says: str) -> None:
     process, log_path, _, _ = _worker(tmp_path, **env)

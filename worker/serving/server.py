@@ -52,9 +52,12 @@ def load(state: WorkerState, make_config: Callable[[], Any] | None = None) -> No
 def main(make_config: Callable[[], Any] | None = None, settings: ServingSettings | None = None) -> int:
     try:
         settings = settings or ServingSettings.from_env()
-    except SettingsError as exc:
-        log.error("worker startup failed in config: %s (remedy: fix or unset that variable)", exc)
-        return 2
+    except SettingsError as exc:  # no port to answer on: the one line, and exit
+        from worker import failure
+
+        found = failure.classify(exc, "config")
+        log.error("%s", found.line)
+        return found.exit_code
     state = WorkerState()
     threading.Thread(target=load, args=(state, make_config), name="serving-load", daemon=True).start()
     asyncio.run(serve(state, settings))

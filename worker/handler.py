@@ -32,9 +32,11 @@ Two handler shapes, because runpod fixes streaming per handler, not per job (``i
 isgeneratorfunction``): ``make_streaming_handler`` is a generator (needed for ``stream: true``; runpod
 then returns ``output`` as the list of yielded items, so a non-streamed job's output is a list of one
 dict, which must fit one stream item); ``make_plain_handler`` returns the dict itself (no streaming;
-inline up to WORKER_MAX_RESPONSE_BYTES). ``make_handler`` picks one (``wants_streaming``: streaming
-unless WORKER_STREAMING=0 or runpod runs a local ``--test_input`` job, which cannot iterate a
-generator); ``start_config`` builds what ``runpod.serverless.start`` takes and wires ``refresh_worker``.
+inline up to WORKER_MAX_RESPONSE_BYTES). ``make_handler`` picks one (``wants_streaming``: plain by
+default, streaming with WORKER_STREAMING=1 unless runpod runs a local ``--test_input`` job, which cannot
+iterate a generator); ``start_config`` builds what ``runpod.serverless.start`` takes and wires
+``refresh_worker``. Real-time streaming (audio bytes as they are made) is the http mode's
+(worker/serving).
 """
 
 from __future__ import annotations
@@ -226,8 +228,10 @@ def runs_local_test(argv: list[str] | None = None, env: dict | None = None) -> b
 
 
 def wants_streaming() -> bool:
-    """The generator handler unless WORKER_STREAMING=0 or runpod is about to run a local test job."""
-    wanted = os.environ.get("WORKER_STREAMING", "1").strip().lower() not in ("0", "false", "no", "off")
+    """The generator handler when WORKER_STREAMING=1 (the default is the plain handler: each output is
+    the documented dict, inline up to WORKER_MAX_RESPONSE_BYTES; docs/jobs.md, "Which handler"), unless
+    runpod is about to run a local test job."""
+    wanted = os.environ.get("WORKER_STREAMING", "0").strip().lower() in ("1", "true", "yes", "on")
     return wanted and not runs_local_test()
 
 

@@ -23,8 +23,10 @@ Environment variables (all optional; defaults in brackets):
 ``WORKER_REF_TEXT_CACHE`` [256]            transcripts of reference audio kept (LRU, by audio hash)
 ``WORKER_VOICES_DIR`` [<volume>/voices]    preset voices: <name>.wav + <name>.txt (volume:
                                            WORKER_VOLUME, see worker.config)
-``WORKER_STREAMING`` [1]                   0: plain handler (output is the dict itself; no stream: true),
-                                           read by worker.handler.make_handler
+``WORKER_STREAMING`` [0]                   0: plain handler (output is the dict itself, inline up to
+                                           WORKER_MAX_RESPONSE_BYTES); 1: generator handler (stream: true
+                                           streams; every output a list, each item <= 1 MB), read by
+                                           worker.handler.make_handler
 ``BUCKET_ENDPOINT_URL``, ``BUCKET_ACCESS_KEY_ID``, ``BUCKET_SECRET_ACCESS_KEY`` (read by runpod's
     ``rp_upload``) and ``BUCKET_NAME`` [month-year, runpod's default]: where outputs over the response
     limit are uploaded; without them such outputs fail with an error naming the limit.

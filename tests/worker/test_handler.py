@@ -256,7 +256,10 @@ def test_start_config_shapes(engine_config, limits, monkeypatch) -> None:
     assert not inspect.isgeneratorfunction(plain["handler"])
     monkeypatch.setenv("RUNPOD_WEBHOOK_GET_JOB", "https://example.invalid/job-take/$ID")
     monkeypatch.setattr("sys.argv", ["worker"])
-    assert inspect.isgeneratorfunction(make_handler(engine, config, limits))  # production
+    monkeypatch.delenv("WORKER_STREAMING", raising=False)
+    assert not inspect.isgeneratorfunction(make_handler(engine, config, limits))  # the default: plain
+    monkeypatch.setenv("WORKER_STREAMING", "1")
+    assert inspect.isgeneratorfunction(make_handler(engine, config, limits))  # production, streaming
     monkeypatch.setattr("sys.argv", ["worker", "--test_input", "{}"])
     assert not inspect.isgeneratorfunction(make_handler(engine, config, limits))  # local test job
     monkeypatch.setattr("sys.argv", ["worker", "--rp_serve_api"])

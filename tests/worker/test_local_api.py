@@ -1,4 +1,6 @@
-"""The real runpod local API (`python -m worker.devserve`, i.e. `just serve PORT`) driven over HTTP.
+"""The real runpod local API (`python -m worker.devserve`, i.e. `just serve PORT`) driven over HTTP, with
+the streaming (generator) handler that WORKER_STREAMING=1 picks (the default plain handler:
+test_local_api_default.py).
 
 Pins down what runpod 1.12's local server really does with this worker's generator handler:
 ``/runsync`` answers ``{"status": "COMPLETED", "output": [items...]}`` (a yielded ``{"error"}`` too: only
@@ -8,6 +10,7 @@ which returns every item at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -17,6 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,15 +54,16 @@ def post(base: str, path: str, body: object, raw: bytes | None = None, timeout: 
             return err.code, {"raw": text.decode(errors="replace")}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextlib.contextmanager
+def devserve(tmp_path_factory, **extra: str) -> Iterator[str]:
+    """`just serve PORT` with these variables on top; yields its base URL."""
     voices = tmp_path_factory.mktemp("voices")
     (voices / "alice.wav").write_bytes(audio_bytes(voice_like(1.0, 24000, seed=22), 24000))
     (voices / "alice.txt").write_text("Hello, I am Alice.")
     port = _free_port()
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WORKER_VOICES_DIR": str(voices),
-           "WORKER_TINY_CACHE": str(TINY_CACHE), "UVICORN_LOG_LEVEL": "warning"}
+           "WORKER_TINY_CACHE": str(TINY_CACHE), "UVICORN_LOG_LEVEL": "warning", **extra}
     env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "worker.devserve", "--port", str(port)],
@@ -86,6 +91,12 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with devserve(tmp_path_factory, WORKER_STREAMING="1") as base:
+        yield base
 
 
 def runsync(base: str, job_input: object) -> list[dict]:

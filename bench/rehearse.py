@@ -1,6 +1,7 @@
 """`just rehearse`: the full-size rehearsal of the production pip lock (a benchmark, not a test).
 
     python bench/rehearse.py [--work .cache/rehearse] [--repeat 5] [--only pack|install|worker] [--keep-env]
+                             [--level N]
 
 1. lock     a conda lock of the interpreter alone, solved by `pack lock`'s own code from the example
             channel. That interpreter is THIS MACHINE'S CPython repackaged as a conda package
@@ -9,7 +10,9 @@
 2. pack     `python -m pack build` of that lock + env/requirements.lock exactly as shipped (CUDA torch and
             the nvidia wheels, installed with the env's pip, --no-deps --require-hashes, from the
             hash-checked wheelhouse .cache/wheels) at the release settings: zstd-19 --long=27 on 2
-            threads, the real part size (< 2 GiB). Wall time, env/archive sizes, peak disk.
+            threads, the real part size (< 2 GiB). Wall time, env/archive sizes, peak disk. ``--level N``
+            packs at zstd-N instead (everything else as released): level 19 compresses at ~1.3 MB/s on
+            a busy 2-core box, about two hours for this env; the release workflow packs at 19.
 3. install  the release served over HTTP (devtools/release_server.py, Range); the bootstrap onto a fresh
             volume against `curl | tee >(sha256sum) | zstd -d | tar -x` on the same parts, alternating,
             median of --repeat (bench/install.py's two runners).
@@ -141,7 +144,7 @@ def lock_wheel_bytes() -> tuple[int, int]:
     return len(names), sum((devenv.WHEELHOUSE / name).stat().st_size for name in names)
 
 
-def phase_pack(work: Path, record: Record, keep_env: bool) -> Path:
+def phase_pack(work: Path, record: Record, keep_env: bool, level: int | None = None) -> Path:
     say("wheels: filling the wheelhouse from the lock (downloads only what is missing)")
     devenv.fill_wheelhouse(Path(sys.executable))
     wheel_files, wheel_bytes = lock_wheel_bytes()
@@ -151,7 +154,10 @@ def phase_pack(work: Path, record: Record, keep_env: bool) -> Path:
     cmd = [sys.executable, "-m", "pack", "build", "--lock", str(conda_lock), "--pip-lock", str(devenv.LOCK),
            "--wheelhouse", str(devenv.WHEELHOUSE), "--out", str(release), "--work", str(build_dir),
            "--name", NAME, "--reuse"]
-    say(f"pack: {' '.join(cmd[1:])} (release settings: pack's defaults)")
+    if level is not None:
+        cmd += ["--level", str(level)]
+    settings = "release settings: pack's defaults" if level is None else f"pack's defaults but zstd-{level}"
+    say(f"pack: {' '.join(cmd[1:])} ({settings})")
     env = child_env() | {"TMPDIR": str(tmp)}  # pip's temporary files count in the peak too
     before = _mtime(release / "manifest.json")
     t0 = time.perf_counter()
@@ -323,13 +329,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5, help="cold installs of each kind (alternating)")
     ap.add_argument("--only", choices=("pack", "install", "worker"))
     ap.add_argument("--keep-env", action="store_true", help="keep the ~9 GB build env after packing")
+    ap.add_argument("--level", type=int, help="zstd level instead of the release's (recorded in the figures)")
     args = ap.parse_args(argv)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     record = Record(work / "rehearsal.json")
     manifest_path = work / "release" / "manifest.json"
     if args.only in (None, "pack"):
-        manifest_path = phase_pack(work, record, args.keep_env)
+        manifest_path = phase_pack(work, record, args.keep_env, args.level)
     if args.only in (None, "install"):
         volume = phase_install(work, manifest_path, record, args.repeat)
     else:

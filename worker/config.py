@@ -15,10 +15,12 @@ nothing is downloaded) or a Hugging Face repo id pinned by revision, downloaded 
 | F5_DTYPE | auto | float16 (auto on cuda), bfloat16 or float32 (auto on cpu) for the DiT; vocos stays fp32 |
 | F5_SAMPLER | fast | fast (the engine's own ODE loop) or upstream (f5_tts CFM.sample, for comparison) |
 | F5_CUDA_GRAPHS | 1 | capture one ODE step per padded-length bucket as a CUDA graph (cuda only) |
-| F5_COMPILE | 0 | torch.compile the DiT step (mode: F5_COMPILE_MODE, max-autotune-no-cudagraphs) |
+| F5_COMPILE | 0 | torch.compile the DiT step inside the graphs (mode: F5_COMPILE_MODE, default) |
 | F5_BUCKET_FRAMES | 64 | cuda: pad mel length to a multiple of this (masked), so graphs are reused |
-| F5_LENGTH_SNAP | 1 | cuda: round a batch's length up to the bucket instead (no mask; <= 1 bucket longer) |
+| F5_LENGTH_SNAP | 0 | cuda: round a batch's length up to the bucket instead (no mask; <= 1 bucket longer) |
 | F5_FIRST_CHUNK_CHARS | 0 | >0: the first text batch holds at most this many bytes (earlier stream start) |
+| F5_BATCH_ROWS | 8 | concurrent requests' text batches share one ODE, up to this many (1: off; worker/batching.py) |
+| F5_BATCH_WINDOW_MS | 10 | how long a batch waits for the other requests in flight to join it (a lone request never waits) |
 | WHISPER_MODEL | hf:Systran/faster-whisper-large-v3@<rev> | CTranslate2 Whisper dir or hf: spec |
 | WHISPER_COMPUTE_TYPE | auto | float16 on cuda, int8 on cpu; any CTranslate2 compute type |
 | WHISPER_BATCH_SIZE | 8 | WhisperX batched-inference size |
@@ -119,10 +121,12 @@ class WorkerConfig:
     f5_sampler: str = "fast"
     f5_cuda_graphs: bool = True
     f5_compile: bool = False
-    f5_compile_mode: str = "max-autotune-no-cudagraphs"
+    f5_compile_mode: str = "default"
     f5_bucket_frames: int = 64
-    f5_length_snap: bool = True
+    f5_length_snap: bool = False
     f5_first_chunk_chars: int = 0
+    f5_batch_rows: int = 8
+    f5_batch_window_ms: int = 10
     whisper_model: str = DEFAULT_WHISPER
     whisper_compute_type: str = "auto"
     whisper_batch_size: int = 8
@@ -166,10 +170,12 @@ class WorkerConfig:
             f5_sampler=_choice(env, "F5_SAMPLER", "fast", ("fast", "upstream")),
             f5_cuda_graphs=_flag(env, "F5_CUDA_GRAPHS", True),
             f5_compile=_flag(env, "F5_COMPILE", False),
-            f5_compile_mode=env.get("F5_COMPILE_MODE", "").strip() or "max-autotune-no-cudagraphs",
+            f5_compile_mode=env.get("F5_COMPILE_MODE", "").strip() or "default",
             f5_bucket_frames=_int(env, "F5_BUCKET_FRAMES", 64, minimum=1),
-            f5_length_snap=_flag(env, "F5_LENGTH_SNAP", True),
+            f5_length_snap=_flag(env, "F5_LENGTH_SNAP", False),
             f5_first_chunk_chars=_int(env, "F5_FIRST_CHUNK_CHARS", 0),
+            f5_batch_rows=_int(env, "F5_BATCH_ROWS", 8, minimum=1),
+            f5_batch_window_ms=_int(env, "F5_BATCH_WINDOW_MS", 10),
             whisper_model=env.get("WHISPER_MODEL", "").strip() or DEFAULT_WHISPER,
             whisper_compute_type=env.get("WHISPER_COMPUTE_TYPE", "").strip() or "auto",
             whisper_batch_size=_int(env, "WHISPER_BATCH_SIZE", 8, minimum=1),

@@ -146,6 +146,8 @@ class Engine:
             compile_mode=config.f5_compile_mode if config.f5_compile else None,
             first_chunk_chars=config.f5_first_chunk_chars,
             length_snap=config.f5_length_snap,
+            batch_rows=config.f5_batch_rows,
+            batch_window_s=config.f5_batch_window_ms / 1000,
         )
         log.info("engine: F5-TTS loaded (%s, %s, sampler=%s, graphs=%s) in %.1f s", device, dtype,
                  config.f5_sampler, synth.cuda_graphs, time.monotonic() - started)

@@ -6,8 +6,11 @@ host-bound, ~1,340 kernel launches per ODE step, and samples in a fresh thread p
 - computes everything that is constant across ODE steps once per batch: the reference mel, both text
   embeddings (cond/uncond), their share of the input projection, the rotary table, the time grid;
 - runs cond and uncond (classifier-free guidance) as one batch-2 forward, like upstream;
-- on CUDA: pads the mel length up to a bucket (masked, so the valid frames are unchanged) and replays
-  one captured CUDA graph per bucket for each ODE step, removing the launch overhead.
+- on CUDA: pads the mel length up to a bucket and replays one captured CUDA graph per bucket for each
+  ODE step, removing the launch overhead; the padded frames are masked (a broadcast key-padding bias in
+  attention, worker/attention.py, and upstream's masked conv), so the valid frames, and so the length
+  and the audio, are upstream's for the same seed. F5_LENGTH_SNAP instead rounds the length up to the
+  bucket (no mask, slightly faster, longer audio than upstream's).
 Each optimisation is switchable (worker/config.py) and checked against the plain path on CPU by tests.
 
 Text is batched like upstream (``chunk_text``: sentences and clauses up to a byte budget that keeps a
@@ -26,7 +29,10 @@ import math
 import random
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -34,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from worker import attention, batching
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +246,11 @@ class _StepGraph:
 
     def __init__(self, step, y: torch.Tensor, pool) -> None:
         self.y = y
+        # The graph reads every tensor the step closes over (the rotary table, the static buffers) at the
+        # addresses it had at capture: keep them alive as long as the graph, or the allocator hands that
+        # memory to others and replays read garbage (seen on an H200: NaN audio once the rotary table of a
+        # bucket had been freed and reused).
+        self.step = step
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -257,33 +270,48 @@ class F5Synth:
 
     def __init__(self, cfm, vocos, device: str, *, sampler: str = "fast", bucket_frames: int = 1,
                  cuda_graphs: bool = False, compile_mode: str | None = None,
-                 first_chunk_chars: int = 0, length_snap: bool = False) -> None:
+                 first_chunk_chars: int = 0, length_snap: bool = False, batch_rows: int = 1,
+                 batch_window_s: float = 0.01) -> None:
         self.cfm, self.vocos, self.device = cfm, vocos, device
         self.dit = cfm.transformer
         self.dtype = next(self.dit.parameters()).dtype
         self.sampler = sampler
         self.cuda_graphs = cuda_graphs and device == "cuda"
         self.bucket = max(1, bucket_frames)
-        # Snap: round each batch's generated length UP to the bucket instead of padding it. Every frame is
-        # then generated, so no attention mask is needed (the masked path measured 0.64x upstream on an
-        # H200, unmasked graphs 0.39x: docs/BENCHMARKS.md). The cost: a batch lasts up to one bucket
-        # longer than upstream's length estimate (itself a chars-per-second heuristic).
+        # Snap (an option, off by default): round each batch's generated length UP to the bucket instead of
+        # padding it, so every frame is generated and no mask is needed. It saves the key-padding bias (8%
+        # at NFE 32 on an H200: docs/BENCHMARKS.md) but a batch then lasts up to one bucket longer than
+        # upstream's, so the audio is no longer upstream's for the same seed.
         self.length_snap = length_snap and self.bucket > 1
         self.first_chunk_chars = first_chunk_chars
         # One batch at a time: graph buffers and the DiT's cached text embeddings are shared state. Held
         # per batch, never across a yield, so concurrent streams interleave batch by batch.
         self._lock = threading.Lock()
         self._graphs: dict[int, tuple[_StepGraph, dict[str, torch.Tensor]]] = {}
+        # Graphs of batched runs, keyed (padded, rows): captured on first use (~0.5 s each on an H200),
+        # least recently used dropped past the bound.
+        self._batch_graphs: OrderedDict[tuple[int, int], tuple[_StepGraph, dict[str, torch.Tensor]]] = \
+            OrderedDict()
+        self.batch_graphs_max = 32
+        # Concurrent requests share DiT forwards (worker/batching.py) when batch_rows > 1.
+        self.gatherer: batching.Gatherer | None = None
+        if batch_rows > 1 and sampler != "upstream":
+            self.gatherer = batching.Gatherer(self._run_rows_locked, key=_RowJob.key, max_rows=batch_rows,
+                                              window_s=batch_window_s)
         # Swappable so CPU tests can replay the very same step eagerly (no CUDA to capture on).
         self._graph_factory = _StepGraph
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._forward = self._dit_forward
         if compile_mode:
-            self._forward = torch.compile(self._dit_forward, mode=compile_mode, dynamic=False)
-        if (self.bucket > 1 or self.cuda_graphs) and not self.length_snap:
-            # Padded frames must not be attended to: switch on the upstream processors' key masking.
-            for block in self.dit.transformer_blocks:
-                block.attn.processor.attn_mask_enabled = True
+            # Automatic dynamic shapes: the first bucket compiles static, the second recompiles with a
+            # symbolic length that serves every other bucket (dynamic=False would compile each of the ~33
+            # buckets and, past dynamo's recompile limit of 8, silently run the rest uncompiled).
+            self._forward = torch.compile(self._dit_forward, mode=compile_mode, dynamic=None)
+        if ((self.bucket > 1 or self.cuda_graphs) and not self.length_snap) or self.gatherer is not None:
+            # Padded frames must not be attended to: upstream's math with the key mask as a broadcast
+            # additive bias (worker/attention.py), which keeps a fast SDPA kernel. Batched rows of
+            # unequal lengths are padded too, snapped or not.
+            attention.install(self.dit)
         proj = self.dit.input_embed.proj
         # Input projection split by input: [x | cond | text]; only the x part changes across steps.
         self._w_x = proj.weight[:, :N_MELS]
@@ -395,29 +423,66 @@ class F5Synth:
             cond = self.cfm.mel_spec(audio).permute(0, 2, 1).to(self.dtype)
         fader = CrossFader(int(cross_fade_s * SAMPLE_RATE))
         joiner_ref = prepared.joiner_ref
-        for i, batch in enumerate(batches):
-            check()
-            with self._lock, torch.inference_mode():
-                wave = self._one_batch(cond, audio.shape[-1] // HOP, joiner_ref, batch, speed, nfe_step,
-                                       cfg_strength, sway_sampling_coef, check)
-            if rms < TARGET_RMS:
-                wave = wave * rms / TARGET_RMS
-            chunk = fader.push(wave, last=i == len(batches) - 1)
-            if len(chunk):
-                yield chunk
+        gatherer = self.gatherer
+        if gatherer is not None:
+            gatherer.open_stream()
+        try:
+            for i, batch in enumerate(batches):
+                check()
+                if gatherer is not None:
+                    job = self._row_job(cond, audio.shape[-1] // HOP, joiner_ref, batch, speed, nfe_step,
+                                        cfg_strength, sway_sampling_coef, check)
+                    priority = batching.FIRST if i == 0 else batching.LATER
+                    wave = _wait(gatherer.submit(job, priority), check)
+                else:
+                    with self._lock, torch.inference_mode():
+                        wave = self._one_batch(cond, audio.shape[-1] // HOP, joiner_ref, batch, speed,
+                                               nfe_step, cfg_strength, sway_sampling_coef, check)
+                if rms < TARGET_RMS:
+                    wave = wave * rms / TARGET_RMS
+                chunk = fader.push(wave, last=i == len(batches) - 1)
+                if len(chunk):
+                    yield chunk
+        finally:
+            if gatherer is not None:
+                gatherer.close_stream()
 
     # ---- one batch ---------------------------------------------------------------------------------
     def _one_batch(self, cond, ref_frames, ref_text, batch, speed, steps, cfg, sway,
                    check: Callable[[], None] = lambda: None) -> np.ndarray:
+        from f5_tts.model.utils import convert_char_to_pinyin
+
+        if self.sampler == "upstream":
+            duration = batch_duration(ref_frames, ref_text, batch.gen_text, speed)
+            chars = convert_char_to_pinyin([ref_text + batch.gen_text])
+            mel = self._sample_upstream(cond, chars, duration, steps, cfg, sway, batch.seed)
+            return self._decode(mel, ref_frames)
+        (wave,) = self._run_rows([self._row_job(cond, ref_frames, ref_text, batch, speed, steps, cfg, sway,
+                                                check)])
+        if isinstance(wave, BaseException):
+            raise wave
+        return wave
+
+    def _row_job(self, cond, ref_frames, ref_text, batch, speed, steps, cfg, sway,
+                 check: Callable[[], None]) -> _RowJob:
         from f5_tts.model.utils import convert_char_to_pinyin, list_str_to_idx
 
         duration = batch_duration(ref_frames, ref_text, batch.gen_text, speed)
         chars = convert_char_to_pinyin([ref_text + batch.gen_text])
-        if self.sampler == "upstream":
-            mel = self._sample_upstream(cond, chars, duration, steps, cfg, sway, batch.seed)
-        else:
-            ids = list_str_to_idx(chars, self.cfm.vocab_char_map).to(self.device)
-            mel = self._sample_fast(cond, ids, duration, steps, cfg, sway, batch.seed, check)
+        ids = list_str_to_idx(chars, self.cfm.vocab_char_map).to(self.device)
+        return _RowJob(cond, ids, duration, batch.seed, steps, cfg, sway, ref_frames, check)
+
+    def _run_rows_locked(self, jobs: Sequence[_RowJob]) -> list[np.ndarray | BaseException]:
+        with self._lock, torch.inference_mode():
+            return self._run_rows(jobs)
+
+    def _run_rows(self, jobs: Sequence[_RowJob]) -> list[np.ndarray | BaseException]:
+        """One ODE for every job (one row each, CFG doubling them), then each row's audio."""
+        mels = self._sample_rows(jobs)
+        return [mel if isinstance(mel, BaseException) else self._decode(mel, job.ref_frames)
+                for job, mel in zip(jobs, mels, strict=True)]
+
+    def _decode(self, mel: torch.Tensor, ref_frames: int) -> np.ndarray:
         mel = mel[:, ref_frames:, :].float().permute(0, 2, 1)
         return self.vocos.decode(mel).squeeze(0).cpu().numpy()
 
@@ -441,59 +506,112 @@ class F5Synth:
 
     def _sample_fast(self, cond, ids, duration, steps, cfg, sway, seed,
                      check: Callable[[], None] = lambda: None) -> torch.Tensor:
-        ref_frames = cond.shape[1]
-        frames = min(max(max(ids.shape[1], ref_frames) + 1, duration), FRAME_CAP)
+        (mel,) = self._sample_rows([_RowJob(cond, ids, duration, seed, steps, cfg, sway, 0, check)])
+        if isinstance(mel, BaseException):
+            raise mel
+        return mel
+
+    def _frames(self, job: _RowJob) -> int:
+        frames = min(max(max(job.ids.shape[1], job.cond.shape[1]) + 1, job.duration), FRAME_CAP)
         if self.length_snap:
             frames = min(math.ceil(frames / self.bucket) * self.bucket, FRAME_CAP)
-        padded = math.ceil(frames / self.bucket) * self.bucket
-        dit = self.dit
-        text_c = dit.text_embed(ids, frames, drop_text=False)
-        text_u = dit.text_embed(ids, frames, drop_text=True)
-        cond_full = F.pad(cond, (0, 0, 0, frames - ref_frames))
-        # x-independent part of the input projection, for (cond, uncond); uncond drops the audio too.
-        rest_c = torch.cat((cond_full, text_c), dim=-1) @ self._w_rest.T
-        rest_u = torch.cat((torch.zeros_like(cond_full), text_u), dim=-1) @ self._w_rest.T
-        const = torch.cat((rest_c, rest_u), dim=0) + self.dit.input_embed.proj.bias
-        const = F.pad(const, (0, 0, 0, padded - frames))
-        y = F.pad(self._noise(frames, seed).unsqueeze(0), (0, 0, 0, padded - frames))
+        return frames
+
+    def _row_const(self, job: _RowJob, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The x-independent part of the input projection of one row, for (cond, uncond); uncond drops
+        the audio too. Each [1, frames, dim], bias included."""
+        dit, cond = self.dit, job.cond
+        text_c = dit.text_embed(job.ids, frames, drop_text=False)
+        text_u = dit.text_embed(job.ids, frames, drop_text=True)
+        cond_full = F.pad(cond, (0, 0, 0, frames - cond.shape[1]))
+        bias = dit.input_embed.proj.bias
+        rest_c = torch.cat((cond_full, text_c), dim=-1) @ self._w_rest.T + bias
+        rest_u = torch.cat((torch.zeros_like(cond_full), text_u), dim=-1) @ self._w_rest.T + bias
+        return rest_c, rest_u
+
+    def _sample_rows(self, jobs: Sequence[_RowJob]) -> list[torch.Tensor | BaseException]:
+        """Every job (same steps, sway and guidance on/off: `_RowJob.key`) through one ODE: rows
+        [cond_1..cond_R, uncond_1..uncond_R], each padded to the longest row's bucket and masked past its
+        own length, so each row's frames are what it gets alone. One job's failing ``check`` (its
+        deadline) stops that row's answer, not the others'."""
+        rows = len(jobs)
+        steps, sway = jobs[0].steps, jobs[0].sway
+        frames = [self._frames(job) for job in jobs]
+        padded = math.ceil(max(frames) / self.bucket) * self.bucket
+        consts = [self._row_const(job, n) for job, n in zip(jobs, frames, strict=True)]
+        const = torch.cat([F.pad(c[k], (0, 0, 0, padded - n)) for k in (0, 1)
+                           for c, n in zip(consts, frames, strict=True)], dim=0)
+        y = torch.cat([F.pad(self._noise(n, job.seed).unsqueeze(0), (0, 0, 0, padded - n))
+                       for job, n in zip(jobs, frames, strict=True)], dim=0)
         mask = None
         # Graphs are shared by every length in a bucket, so they always mask (except exact-length
         # buckets, bucket_frames=1, which the bench uses to price the mask).
-        if not self.length_snap and (padded != frames or (self.cuda_graphs and self.bucket > 1)):
-            mask = (torch.arange(padded, device=self.device) < frames).unsqueeze(0).expand(2, -1)
+        # Rows of unequal length are masked past their own, snapped or not.
+        shared_graph = not self.length_snap and self.cuda_graphs and self.bucket > 1
+        if any(n != padded for n in frames) or shared_graph:
+            lengths = torch.tensor(frames, device=self.device)[:, None]
+            mask = (torch.arange(padded, device=self.device) < lengths).repeat(2, 1)
+        cfgs = {job.cfg for job in jobs}
+        cfg: float | torch.Tensor = jobs[0].cfg if len(cfgs) == 1 or jobs[0].cfg < 1e-5 else torch.tensor(
+            [job.cfg for job in jobs], device=self.device, dtype=self.dtype).view(rows, 1, 1)
+        errors: list[BaseException | None] = [None] * rows
+
+        def check() -> None:
+            for i, job in enumerate(jobs):
+                if errors[i] is None:
+                    try:
+                        job.check()
+                    except BaseException as exc:  # this row's job is over (its deadline): the others go on
+                        errors[i] = exc
+            if all(e is not None for e in errors):
+                raise _RowsStopped
+
         t = self._time_grid(steps, sway)
-        if self.cuda_graphs:
-            y = self._run_graph(padded, y, const, mask, t, cfg, check)
-        else:
-            rope = dit.rotary_embed.forward_from_seq_len(padded)
-            for i in range(steps):
-                check()
-                y = y + (t[i + 1] - t[i]) * self._velocity(y, const, mask, rope, t[i], cfg)
-        dit.clear_cache()
+        try:
+            if self.cuda_graphs:
+                y = self._run_graph(padded, y, const, mask, t, cfg, check)
+            else:
+                rope = self.dit.rotary_embed.forward_from_seq_len(padded)
+                for i in range(steps):
+                    check()
+                    y = y + (t[i + 1] - t[i]) * self._velocity(y, const, mask, rope, t[i], cfg)
+        except _RowsStopped:
+            pass
+        finally:
+            self.dit.clear_cache()
         # Like upstream, the reference frames of the result are the reference itself. The mel of the
         # reference has one frame more than the caller's slice point (centered STFT), so this shows.
-        return torch.cat((cond, y[:, ref_frames:frames]), dim=1)
+        return [errors[i] if errors[i] is not None else
+                torch.cat((job.cond, y[i:i + 1, job.cond.shape[1]:frames[i]]), dim=1)
+                for i, job in enumerate(jobs)]
 
     def _dit_forward(self, y, const, mask, rope, t) -> torch.Tensor:
         dit = self.dit
-        rows = const.shape[0]  # 2 with guidance (cond, uncond), 1 without
-        h = y.expand(rows, -1, -1) @ self._w_x.T + const
+        rows = const.shape[0]  # 2R with guidance (cond_1..R, uncond_1..R), R without
+        x = y.expand(rows, -1, -1) if y.shape[0] == 1 else y.repeat(rows // y.shape[0], 1, 1)
+        h = x @ self._w_x.T + const
         h = dit.input_embed.conv_pos_embed(h, mask=mask) + h
         temb = dit.time_embed(t.reshape(1).repeat(rows))
+        # The attention bias is built once per forward (inside the graph when captured), not per block.
+        padding = None if mask is None else attention.KeyPadding.of(mask, h.dtype)
         for block in dit.transformer_blocks:
-            h = block(h, temb, mask=mask, rope=rope)
+            h = block(h, temb, mask=padding, rope=rope)
         return dit.proj_out(dit.norm_out(h, temb))
 
     def _velocity(self, y, const, mask, rope, t, cfg) -> torch.Tensor:
-        if cfg < 1e-5:
-            # Upstream skips the unconditional pass entirely without guidance.
-            out = self._forward(y, const[:1], None if mask is None else mask[:1], rope, t)
-            return out
+        rows = y.shape[0]
+        if not isinstance(cfg, torch.Tensor) and cfg < 1e-5:
+            # Upstream skips the unconditional pass entirely without guidance (a batch never mixes
+            # guided and unguided rows: `_RowJob.key`).
+            return self._forward(y, const[:rows], None if mask is None else mask[:rows], rope, t)
         pred, null = self._forward(y, const, mask, rope, t).chunk(2, dim=0)
         return pred + (pred - null) * cfg
 
     def _run_graph(self, padded, y, const, mask, t, cfg,
                    check: Callable[[], None] = lambda: None) -> torch.Tensor:
+        rows = y.shape[0]
+        if rows > 1:
+            return self._run_batch_graph(padded, y, const, mask, t, cfg, check)
         entry = self._graphs.get(padded)
         if entry is None:
             bufs = {"y": y.clone(), "const": const.clone(), "mask": None if mask is None else mask.clone(),
@@ -508,12 +626,18 @@ class F5Synth:
             log.info("tts: capturing a CUDA graph for %s frames", padded)
             entry = (self._graph_factory(step, bufs["y"], self._pool), bufs)
             self._graphs[padded] = entry
+        return self._replay(entry, y, const, mask, t, cfg, check)
+
+    def _replay(self, entry, y, const, mask, t, cfg, check: Callable[[], None]) -> torch.Tensor:
         graph, bufs = entry
         bufs["y"].copy_(y)
         bufs["const"].copy_(const)
         if mask is not None:
             bufs["mask"].copy_(mask)
-        bufs["cfg"].fill_(cfg)
+        if isinstance(cfg, torch.Tensor):
+            bufs["cfg"].copy_(cfg.reshape(bufs["cfg"].shape))
+        else:
+            bufs["cfg"].fill_(cfg)
         for i in range(len(t) - 1):
             check()
             bufs["t"].copy_(t[i])
@@ -521,9 +645,51 @@ class F5Synth:
             graph.replay()
         return bufs["y"].clone()
 
+    def _run_batch_graph(self, padded, y, const, mask, t, cfg, check: Callable[[], None]) -> torch.Tensor:
+        """The graph of a batched run: rows rounded up to a power of two (the extra rows repeat the last
+        one and are dropped), so at most a few graphs per bucket; captured on first use, the least
+        recently used dropped past ``batch_graphs_max``."""
+        rows = y.shape[0]
+        size = 1 << (rows - 1).bit_length()
+        if size != rows:
+            extra = size - rows
+
+            def widen(x: torch.Tensor, per: int) -> torch.Tensor:  # [per*rows, ...] -> [per*size, ...]
+                parts = x.chunk(per, dim=0)
+                return torch.cat([torch.cat((p, p[-1:].expand(extra, *p.shape[1:]))) for p in parts])
+
+            y, const = widen(y, 1), widen(const, 2)
+            mask = None if mask is None else widen(mask, 2)
+            if isinstance(cfg, torch.Tensor):
+                cfg = widen(cfg, 1)
+        # A batched graph always takes a mask (all true when every row fills the bucket): one graph per
+        # key serves rows of any lengths.
+        if mask is None:
+            mask = torch.ones(2 * size, padded, device=self.device, dtype=torch.bool)
+        key = (padded, size)
+        entry = self._batch_graphs.get(key)
+        if entry is None:
+            bufs = {"y": y.clone(), "const": const.clone(), "mask": mask.clone(),
+                    "t": t[0].clone(), "dt": (t[1] - t[0]).clone(),
+                    "cfg": torch.ones(size, 1, 1, device=self.device, dtype=self.dtype)}
+            rope = self.dit.rotary_embed.forward_from_seq_len(padded)
+
+            def step() -> None:
+                pred, null = self._forward(bufs["y"], bufs["const"], bufs["mask"], rope, bufs["t"]).chunk(2)
+                bufs["y"].add_(bufs["dt"] * (pred + (pred - null) * bufs["cfg"]))
+
+            log.info("tts: capturing a CUDA graph for %s rows of %s frames", size, padded)
+            entry = (self._graph_factory(step, bufs["y"], self._pool), bufs)
+            self._batch_graphs[key] = entry
+            while len(self._batch_graphs) > self.batch_graphs_max:
+                self._batch_graphs.popitem(last=False)
+        self._batch_graphs.move_to_end(key)
+        return self._replay(entry, y, const, mask, t, cfg, check)[:rows]
+
     def disable_graphs(self) -> None:
         self.cuda_graphs = False
         self._graphs.clear()
+        self._batch_graphs.clear()
 
     def capture_buckets(self, max_frames: int) -> None:
         """Pre-capture the graphs of every bucket up to max_frames, so no request pays a capture."""
@@ -543,6 +709,43 @@ class F5Synth:
 
 def _no_check() -> None:
     pass
+
+
+@dataclass
+class _RowJob:
+    """One request's text batch, ready for the sampler: one row of an ODE, alone or beside others."""
+
+    cond: torch.Tensor  # [1, ref mel frames, mels]
+    ids: torch.Tensor  # [1, tokens]
+    duration: int
+    seed: int
+    steps: int
+    cfg: float
+    sway: float | None
+    ref_frames: int  # where the generated audio starts (the reference's length in hops)
+    check: Callable[[], None]
+
+    def key(self) -> tuple:
+        """Jobs with equal keys can share one ODE: one time grid, guidance on or off for all."""
+        return (self.steps, self.sway, self.cfg >= 1e-5)
+
+
+class _RowsStopped(Exception):
+    """Every row of a run has stopped (their jobs' deadlines): the ODE ends early."""
+
+
+def _wait(future: Future, check: Callable[[], None]) -> np.ndarray:
+    """A batch's audio from the batcher; the job's own check runs while it waits (a deadline that passes
+    while queued withdraws the batch)."""
+    while True:
+        try:
+            return future.result(timeout=0.05)
+        except FutureTimeout:
+            try:
+                check()
+            except BaseException:
+                future.cancel()
+                raise
 
 
 def _clip(text: str, keep: int = 40) -> str:

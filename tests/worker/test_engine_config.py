@@ -14,6 +14,8 @@ def test_defaults_serve_production():
     assert cfg.volume == Path("/runpod-volume") and cfg.models_dir == Path("/runpod-volume/models")
     assert cfg.f5_arch == "F5TTS_v1_Base" and cfg.f5_ckpt.startswith("hf:SWivid/F5-TTS@")
     assert cfg.f5_sampler == "fast" and cfg.f5_cuda_graphs and not cfg.f5_compile
+    # Upstream's exact length by default (padded buckets, masked); snapping the length is opt-in.
+    assert cfg.f5_bucket_frames == 64 and not cfg.f5_length_snap
     assert cfg.default_language == "en" and "en" in cfg.align_models
     assert cfg.nltk_dir == Path("/runpod-volume/models/nltk")
 
@@ -22,10 +24,10 @@ def test_variables_are_read():
     cfg = WorkerConfig.from_env({
         "WORKER_VOLUME": "/vol", "WORKER_DEVICE": "cpu", "F5_CUDA_GRAPHS": "0", "F5_COMPILE": "yes",
         "F5_BUCKET_FRAMES": "32", "WHISPER_VAD": "none", "ALIGN_MODELS": "en=/m/en, de=hf:o/r@abc",
-        "DEFAULT_LANGUAGE": "de", "NLTK_DATA": "/nltk", "F5_DTYPE": "bfloat16",
+        "DEFAULT_LANGUAGE": "de", "NLTK_DATA": "/nltk", "F5_DTYPE": "bfloat16", "F5_LENGTH_SNAP": "1",
     })
     assert cfg.volume == Path("/vol") and cfg.device == "cpu"
-    assert not cfg.f5_cuda_graphs and cfg.f5_compile and cfg.f5_bucket_frames == 32
+    assert not cfg.f5_cuda_graphs and cfg.f5_compile and cfg.f5_bucket_frames == 32 and cfg.f5_length_snap
     assert cfg.align_models == {"en": "/m/en", "de": "hf:o/r@abc"} and cfg.default_language == "de"
     assert cfg.nltk_dir == Path("/nltk") and cfg.f5_dtype == "bfloat16" and cfg.whisper_vad == "none"
 

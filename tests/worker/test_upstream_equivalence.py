@@ -221,8 +221,8 @@ def test_reduced_precision_paths_equal_upstream_sampler_in_that_precision(root, 
 
 
 def test_length_snap_generates_whole_buckets_without_a_mask(root):
-    """F5_LENGTH_SNAP (the CUDA default): each batch's length is rounded up to the bucket, so every frame
-    is generated and no mask is needed; the graph path replays exactly that computation."""
+    """F5_LENGTH_SNAP (an option, off by default): each batch's length is rounded up to the bucket, so
+    every frame is generated and no mask is needed; the graph path replays exactly that computation."""
     ref = _ref(1.0, 0.1, seed=12)
     plain = np.concatenate(list(_synth(root).synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=6, seed=4)))
     snap = _synth(root, bucket_frames=64, length_snap=True)
@@ -234,3 +234,58 @@ def test_length_snap_generates_whole_buckets_without_a_mask(root):
     assert all(bufs["mask"] is None for _, bufs in snap._graphs.values())
     graphed = np.concatenate(list(snap.synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=6, seed=4)))
     np.testing.assert_allclose(graphed, eager, rtol=0, atol=1e-4 * float(np.abs(eager).max()))
+
+
+@pytest.mark.parametrize("nfe", [32, 16, 7])
+def test_cuda_default_path_equals_upstream_infer_at_upstreams_step_counts(root, upstream, nfe):
+    """What a GPU worker runs by default (64-frame padded buckets, pre-captured step graphs, the key-padding
+    attention bias, no length snap), here on CPU with the graph replaced by its step function: upstream's
+    length and audio for the same seed, at NFE 32 (uniform steps) and 16 and 7 (upstream's EPSS schedules,
+    which F5TTS.infer uses there too)."""
+    from worker.config import WorkerConfig
+
+    defaults = WorkerConfig.from_env({})
+    ref = _ref(1.5, 0.1, seed=31)
+    up_ref_text, batches = _upstream_batches(ref, REF_TEXT, GEN_TEXT)
+    want = _upstream_wave(upstream, ref, up_ref_text, batches, seed=8, nfe=nfe)
+    synth = _synth(root, bucket_frames=defaults.f5_bucket_frames, length_snap=defaults.f5_length_snap)
+    synth.cuda_graphs = True
+    synth._graph_factory = _EagerGraph
+    synth.capture_buckets(512)
+    got = np.concatenate(list(synth.synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=nfe, seed=8)))
+    assert len(synth._graphs) == 8  # served by a pre-captured bucket
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("nfe", [32, 16, 7, 5, 9])
+def test_time_grid_is_upstreams(root, nfe):
+    """The ODE time grid is CFM.sample's: EPSS where upstream has a schedule (5, 6, 7, 10, 12, 16 steps),
+    uniform otherwise, then sway sampling."""
+    from f5_tts.model.utils import get_epss_timesteps
+
+    t = get_epss_timesteps(nfe, device="cpu", dtype=torch.float32)
+    want = t + -1.0 * (torch.cos(torch.pi / 2 * t) - 1 + t)
+    torch.testing.assert_close(_synth(root)._time_grid(nfe, -1.0), want, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_real_cuda_graphs_stay_right_after_their_capture_memory_is_reused(root):
+    """A captured step reads the tensors it closed over (rotary table, buffers) at their capture-time
+    addresses: once the allocator has handed freed memory to others, replays must still give the eager
+    result (they gave NaN audio on an H200 while the graph did not keep its rotary table alive)."""
+    arch = tts.load_arch(str(root / "f5" / "arch.json"))
+    cfm = tts.load_cfm(arch, root / "f5" / "model_tiny.safetensors", root / "f5" / "vocab.txt", "cuda",
+                       torch.float32)
+    vocos = tts.load_vocos(root / "vocos", "cuda")
+    ref = _ref(1.0, 0.1, seed=12)
+    eager = tts.F5Synth(cfm, vocos, "cuda")
+    plain = np.concatenate(list(eager.synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=6, seed=4)))
+    graphed = tts.F5Synth(cfm, vocos, "cuda", bucket_frames=64, cuda_graphs=True)
+    graphed.capture_buckets(512)
+    torch.cuda.empty_cache()
+    junk = [torch.full((1 << 18,), float("nan"), device="cuda") for _ in range(256)]
+    del junk
+    got = np.concatenate(list(graphed.synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=6, seed=4)))
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, plain, rtol=0, atol=1e-3 * float(np.abs(plain).max()))

@@ -81,7 +81,7 @@ def test_speech_fields_become_the_job_input() -> None:
 
 
 def test_speech_issues_are_collected_each_naming_its_field() -> None:
-    _, issues = openai_api.speech_call({"model": "dall-e", "input": "Hi.", "response_format": "ogg",
+    _, issues = openai_api.speech_call({"model": 7, "input": "Hi.", "response_format": "ogg",
                                         "stream_format": "video", "instructions": "cheerful"})
     params = [p for p, _ in issues.items]
     assert params == ["instructions", "model", "response_format", "stream_format", "voice"]

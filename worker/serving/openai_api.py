@@ -1,21 +1,22 @@
 """OpenAI's audio request fields -> the job layer's input, and the job layer's output -> OpenAI's shapes.
 
-Only what is OpenAI-specific is checked here (``model``, ``response_format``, ``stream_format``, the
-voice's shape, unknown fields, the upload); the rest (``input`` length, ``speed`` range, ``seed``...) is
-the job layer's own validation, so both modes refuse the same values with the same words. Every issue
+Only what is OpenAI-specific is checked here (``model`` is there, ``response_format``, ``stream_format``,
+the voice's shape, unknown fields, the upload); the rest (``input`` length, ``speed`` range, ``seed``...)
+is the job layer's own validation, so both modes refuse the same values with the same words. Every issue
 is collected before one error is raised, each naming its field as the caller sent it.
 
-Speech (``POST /v1/audio/speech``, JSON): ``model`` (f5-tts; OpenAI's tts-1, tts-1-hd, gpt-4o-mini-tts
-are accepted as names of it), ``input`` (the text), ``voice`` (a preset: a name or ``{"id": name}``;
-ignored when ``ref_audio`` is sent, since OpenAI clients always send one), ``response_format`` (mp3, opus,
-aac, flac, wav, pcm; default mp3 as OpenAI's), ``speed``, ``stream_format`` (absent: the whole file once
-made; ``audio``: the file's bytes as each batch is ready; ``sse``: ``speech.audio.delta`` events), and
-this worker's extensions ``ref_audio``, ``ref_text``, ``nfe_step``, ``seed``.
+Speech (``POST /v1/audio/speech``, JSON): ``model`` (f5-tts; any name is taken as it, since clients
+hard-code OpenAI's tts-1, tts-1-hd, gpt-4o-mini-tts or their own), ``input`` (the text), ``voice`` (a
+preset: a name or ``{"id": name}``; ignored when ``ref_audio`` is sent, since OpenAI clients always send
+one), ``response_format`` (mp3, opus, aac, flac, wav, pcm; default mp3 as OpenAI's), ``speed``,
+``stream_format`` (absent: the whole file once made; ``audio``: the file's bytes as each batch is ready;
+``sse``: ``speech.audio.delta`` events), and this worker's extensions ``ref_audio``, ``ref_text``,
+``nfe_step``, ``seed``.
 
-Transcription (``POST /v1/audio/transcriptions``, multipart): ``file``, ``model`` (whisperx; whisper-1,
-gpt-4o-transcribe, gpt-4o-mini-transcribe as names of it), ``language``, ``response_format`` (json, text,
-srt, vtt, verbose_json), ``timestamp_granularities[]`` (word, segment; verbose_json only),
-``temperature`` (accepted and not used: WhisperX decodes greedily).
+Transcription (``POST /v1/audio/transcriptions``, multipart): ``file``, ``model`` (whisperx; any name,
+such as whisper-1, is taken as it), ``language``, ``response_format`` (json, text, srt, vtt,
+verbose_json), ``timestamp_granularities[]`` (word, segment; verbose_json only), ``temperature``
+(accepted and not used: WhisperX decodes greedily).
 """
 
 from __future__ import annotations
@@ -80,6 +81,15 @@ def _choice(value: Any, name: str, options: Sequence[str], default: str | None, 
     return value.strip().lower()
 
 
+def _model(value: Any, ours: str, issues: Issues) -> None:
+    """Any model name is taken as this worker's one model for the task (clients hard-code OpenAI's
+    names, or their own); only its absence or a non-string is an error."""
+    if value is None:
+        issues.add("model", f"is required ({ours})")
+    elif not isinstance(value, str) or not value.strip():
+        issues.add("model", f"must be a model name such as {ours} (got {str(value)[:40]!r})")
+
+
 @dataclass(frozen=True)
 class SpeechCall:
     job: dict  # the job layer's input
@@ -94,10 +104,7 @@ def speech_call(body: Any) -> tuple[SpeechCall, Issues]:
     if not isinstance(body, Mapping):
         raise ApiError(400, "the body must be a JSON object with the speech fields", None, "invalid_json")
     _unknown(list(body), SPEECH_FIELDS, issues)
-    if body.get("model") is None:
-        issues.add("model", f"is required ({TTS_MODEL})")
-    else:
-        _choice(body.get("model"), "model", TTS_MODELS, None, issues)
+    _model(body.get("model"), TTS_MODEL, issues)
     response_format = _choice(body.get("response_format"), "response_format", FORMATS, "mp3", issues) or "mp3"
     stream_format = _choice(body.get("stream_format"), "stream_format", STREAM_FORMATS, None, issues)
     job: dict = {"task": "tts", "text": body.get("input")}
@@ -144,11 +151,7 @@ def transcription_call(fields: Mapping[str, list[Any]], audio: bytes | None
         issues.add("file", "is required: the audio file to transcribe (multipart form field 'file')")
     elif not audio:
         issues.add("file", "is empty")
-    model = one("model")
-    if model is None:
-        issues.add("model", f"is required ({ASR_MODEL})")
-    else:
-        _choice(model, "model", ASR_MODELS, None, issues)
+    _model(one("model"), ASR_MODEL, issues)
     fmt = _choice(one("response_format"), "response_format", TRANSCRIPT_FORMATS, "json", issues) or "json"
     temperature = one("temperature")
     if temperature is not None:

@@ -390,3 +390,23 @@ def test_soak_memory_stays_flat(server: Server, client: openai.OpenAI) -> None:
           f"{[round(k / 1024) for k in samples]}; median growth {growth / 1024:+.1f} MiB; "
           f"raw-stream 429s retried: {shed[0]}")
     assert growth < 40 * 1024, f"RSS grew {growth / 1024:.1f} MiB over {SOAK_REQUESTS} requests: {samples}"
+
+
+def test_sigterm_with_work_in_flight_ends_the_server_at_once(tmp_path: Path) -> None:
+    """Shutting down stops running synthesis at its next check: uvicorn's graceful shutdown must not wait
+    minutes for audio nobody will receive (RunPod sends SIGKILL soon after SIGTERM)."""
+    (tmp_path / "cache").mkdir()
+    for entry in TINY_CACHE.iterdir():
+        (tmp_path / "cache" / entry.name).symlink_to(entry)
+    own = Server(tmp_path)
+    try:
+        own.wait_ready()
+        held = _hold(own, {"model": "f5-tts", "voice": "default", "input": LONG, "nfe_step": 96})
+        assert wait_until(lambda: own.ping()["inflight"] == 1, 60)
+        started = time.monotonic()
+        own.process.terminate()
+        own.process.wait(timeout=30)
+        assert time.monotonic() - started < 15
+        held.close()
+    finally:
+        own.stop()

@@ -55,6 +55,15 @@ class Slots:
         self.busy = 0
         self._lock = threading.Lock()
         self.pool = ThreadPoolExecutor(size + 1, thread_name_prefix="serving-run")
+        self.cancels: set[threading.Event] = set()  # of the work running now
+
+    def stop(self) -> None:
+        """At shutdown: every running work stops at its next check (the pool's threads are joined at
+        exit, which must not wait for minutes of synthesis nobody will receive)."""
+        with self._lock:
+            for cancel in self.cancels:
+                cancel.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def take(self) -> bool:
         with self._lock:
@@ -80,6 +89,8 @@ class _Run:
 
     def start(self, work: Callable[[_Run], None]) -> None:
         def main() -> None:
+            with self.slots._lock:
+                self.slots.cancels.add(self.cancel)
             try:
                 work(self)
             except BaseException as err:  # the loop answers it
@@ -87,6 +98,8 @@ class _Run:
                     log.info("serving: work stopped: %s", err)
                 self.emit("error", err)
             finally:
+                with self.slots._lock:
+                    self.slots.cancels.discard(self.cancel)
                 self.slots.give()
                 self.emit("closed")
 

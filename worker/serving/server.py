@@ -72,8 +72,19 @@ async def serve(state: WorkerState, settings: ServingSettings) -> None:
     apps = [(build_app(state, settings), settings.port)]
     if settings.health_port != settings.port:
         apps.append((build_health_app(state, settings), settings.health_port))
-    servers = [uvicorn.Server(uvicorn.Config(app, host=settings.host, port=port, log_config=None,
-                                             access_log=False, lifespan="off", timeout_keep_alive=30))
+    def stop_work() -> None:
+        for app, _ in apps:
+            app.state.slots.stop()
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # Shutting down: running work stops at its next check, so its request ends and uvicorn's
+            # graceful shutdown does not wait for minutes of synthesis nobody will receive.
+            stop_work()
+            super().handle_exit(sig, frame)
+
+    servers = [Server(uvicorn.Config(app, host=settings.host, port=port, log_config=None, access_log=False,
+                                     lifespan="off", timeout_keep_alive=30, timeout_graceful_shutdown=10))
                for app, port in apps]
     for _, port in apps:
         log.info("serving: listening on http://%s:%d", settings.host, port)
@@ -83,3 +94,4 @@ async def serve(state: WorkerState, settings: ServingSettings) -> None:
     for server in servers:
         server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
+    stop_work()

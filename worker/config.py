@@ -19,7 +19,7 @@ nothing is downloaded) or a Hugging Face repo id pinned by revision, downloaded 
 | F5_BUCKET_FRAMES | 64 | cuda: pad mel length to a multiple of this (masked), so graphs are reused |
 | F5_LENGTH_SNAP | 0 | cuda: round a batch's length up to the bucket instead (no mask; <= 1 bucket longer) |
 | F5_FIRST_CHUNK_CHARS | 0 | >0: the first text batch holds at most this many bytes (earlier stream start) |
-| F5_BATCH_ROWS | 8 | most text batches of concurrent requests sharing one ODE (1: off; worker/batching.py) |
+| F5_BATCH_ROWS | 1 | >1: concurrent requests' batches share one ODE, this many rows (no H200 gain: off) |
 | F5_BATCH_WINDOW_MS | 10 | how long a batch waits for other requests in flight to join (a lone one: 0) |
 | WHISPER_MODEL | hf:Systran/faster-whisper-large-v3@<rev> | CTranslate2 Whisper dir or hf: spec |
 | WHISPER_COMPUTE_TYPE | auto | float16 on cuda, int8 on cpu; any CTranslate2 compute type |
@@ -125,7 +125,7 @@ class WorkerConfig:
     f5_bucket_frames: int = 64
     f5_length_snap: bool = False
     f5_first_chunk_chars: int = 0
-    f5_batch_rows: int = 8
+    f5_batch_rows: int = 1
     f5_batch_window_ms: int = 10
     whisper_model: str = DEFAULT_WHISPER
     whisper_compute_type: str = "auto"
@@ -174,7 +174,7 @@ class WorkerConfig:
             f5_bucket_frames=_int(env, "F5_BUCKET_FRAMES", 64, minimum=1),
             f5_length_snap=_flag(env, "F5_LENGTH_SNAP", False),
             f5_first_chunk_chars=_int(env, "F5_FIRST_CHUNK_CHARS", 0),
-            f5_batch_rows=_int(env, "F5_BATCH_ROWS", 8, minimum=1),
+            f5_batch_rows=_int(env, "F5_BATCH_ROWS", 1, minimum=1),
             f5_batch_window_ms=_int(env, "F5_BATCH_WINDOW_MS", 10),
             whisper_model=env.get("WHISPER_MODEL", "").strip() or DEFAULT_WHISPER,
             whisper_compute_type=env.get("WHISPER_COMPUTE_TYPE", "").strip() or "auto",

@@ -19,8 +19,8 @@ nothing is downloaded) or a Hugging Face repo id pinned by revision, downloaded 
 | F5_BUCKET_FRAMES | 64 | cuda: pad mel length to a multiple of this (masked), so graphs are reused |
 | F5_LENGTH_SNAP | 0 | cuda: round a batch's length up to the bucket instead (no mask; <= 1 bucket longer) |
 | F5_FIRST_CHUNK_CHARS | 0 | >0: the first text batch holds at most this many bytes (earlier stream start) |
-| F5_BATCH_ROWS | 1 | >1: concurrent requests' batches share one ODE, this many rows (no H200 gain: off) |
-| F5_BATCH_WINDOW_MS | 10 | how long a batch waits for other requests in flight to join (a lone one: 0) |
+| F5_BATCH_ROWS | 1 | >1: concurrent requests share one ODE, up to this many rows (off: no gain on an H200) |
+| F5_BATCH_WINDOW_MS | 10 | how long a batch waits for the requests in flight (a lone one never waits) |
 | WHISPER_MODEL | hf:Systran/faster-whisper-large-v3@<rev> | CTranslate2 Whisper dir or hf: spec |
 | WHISPER_COMPUTE_TYPE | auto | float16 on cuda, int8 on cpu; any CTranslate2 compute type |
 | WHISPER_BATCH_SIZE | 8 | WhisperX batched-inference size |

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -166,3 +167,10 @@ def tiny_env() -> dict[str, str]:
         "ALIGN_MODELS": ",".join(f"{k}={v}" for k, v in config.align_models.items()),
         "DEFAULT_LANGUAGE": config.default_language, "NLTK_DATA": str(config.nltk_dir),
     }
+
+
+def free_port() -> int:
+    """A TCP port nothing on 127.0.0.1 listens on right now (for a server subprocess)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

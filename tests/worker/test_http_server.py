@@ -25,7 +25,7 @@ import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jobkit import TINY_CACHE, audio_bytes, voice_like
+from jobkit import TINY_CACHE, audio_bytes, free_port, voice_like
 
 pytestmark = pytest.mark.slow
 
@@ -42,12 +42,6 @@ SLACK_S = {"mp3": 0.08, "aac": 0.1}
 FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _status(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -60,7 +54,7 @@ def _status(url: str) -> int | None:
 
 class Server:
     def __init__(self, tmp: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / "serve-http.log"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "WORKER_TINY_CACHE": str(TINY_CACHE),

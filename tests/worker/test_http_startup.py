@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from jobkit import tiny_env
+from jobkit import free_port, tiny_env
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _request(url: str, body: dict | None = None) -> tuple[int, dict]:
@@ -40,7 +33,7 @@ def _request(url: str, body: dict | None = None) -> tuple[int, dict]:
 
 
 def _worker(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, Path, int, int]:
-    port, health = _free_port(), _free_port()
+    port, health = free_port(), free_port()
     log_path = tmp_path / "worker.log"
     full = {**os.environ, **tiny_env(), "PYTHONPATH": str(ROOT), "WORKER_VOLUME": str(tmp_path / "vol"),
             "WORKER_DEVICE": "cpu", "WORKER_MODE": "http", "PORT": str(port), "PORT_HEALTH": str(health),

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -24,19 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from jobkit import TINY_CACHE, AudioServer, audio_bytes, b64, decode_b64, voice_like
+from jobkit import TINY_CACHE, AudioServer, audio_bytes, b64, decode_b64, free_port, voice_like
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 REF = b64(audio_bytes(voice_like(1.0, 16000, seed=21), 16000))
 STARTUP_S = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def post(base: str, path: str, body: object, raw: bytes | None = None, timeout: float = 120
@@ -60,7 +53,7 @@ def devserve(tmp_path_factory, **extra: str) -> Iterator[str]:
     voices = tmp_path_factory.mktemp("voices")
     (voices / "alice.wav").write_bytes(audio_bytes(voice_like(1.0, 24000, seed=22), 24000))
     (voices / "alice.txt").write_text("Hello, I am Alice.")
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WORKER_VOICES_DIR": str(voices),
            "WORKER_TINY_CACHE": str(TINY_CACHE), "UVICORN_LOG_LEVEL": "warning", **extra}

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from jobkit import tiny_env
+from jobkit import free_port, tiny_env
 
 from worker import failure
 from worker.config import ConfigError
@@ -32,12 +31,6 @@ from worker.models import ModelError
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _post(base: str, path: str, body: object) -> dict:
@@ -51,7 +44,7 @@ class FailingWorker:
     """`python -m worker --rp_serve_api` with the given environment, its log kept."""
 
     def __init__(self, tmp_path: Path, **env: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / "worker.log"
         full = {**os.environ, **tiny_env(), "PYTHONPATH": str(ROOT), "WORKER_VOLUME": str(tmp_path / "vol"),

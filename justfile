@@ -1,5 +1,5 @@
-# Recipes are a contract (shared/DESIGN.md): pack, demo, serve PORT, rehearse, test, lint. Run them through
-# ./dev on a fresh machine (it installs .venv first); inside .venv, plain `just` works too.
+# Recipes are a contract (shared/DESIGN.md): pack, demo, serve PORT, serve-http PORT, rehearse, test, lint.
+# Run them through ./dev on a fresh machine (it installs .venv first); inside .venv, plain `just` works too.
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 export PATH := justfile_directory() / ".venv/bin" + ":" + env_var("PATH")
@@ -23,6 +23,10 @@ demo *ARGS:
 # The worker with tiny generated models on the runpod local API at 127.0.0.1:PORT.
 serve PORT="8000":
     python -m devtools.devserve --port {{ PORT }}
+
+# The http mode (WORKER_MODE=http) with tiny generated models at 127.0.0.1:PORT, a preset voice `default`.
+serve-http PORT="8000":
+    python -m devtools.serve_http --port {{ PORT }}
 
 # Lint everything, then run the whole test suite.
 test *ARGS: lint

@@ -2,13 +2,14 @@
 
     python bench/batching.py [--clients 1 4 8] [--rounds 3] [--nfe 16]
 
-For each client count N: N different requests (text, reference and seed each their own) synthesized
-by N threads at once through an engine with batching on (F5_BATCH_ROWS=8, window 10 ms), against the
-same N requests one after another through an engine with batching off (F5_BATCH_ROWS=1). The two
-alternate (A B A B ...), --rounds times; the figure is audio seconds produced per wall second, median of
-the rounds, and their ratio; plus the concurrent side's p50/p95 request latency and the rows per ODE run
-it achieved. Tiny random-weight models: the ratio says what sharing the DiT forwards buys where the
-per-call overhead dominates (as on a GPU); it is not a GPU figure (docs/BENCHMARKS.md).
+For each client count N: N clients at once, each sending 3 requests one after the other (a closed
+loop; text, reference and seed each their own), through an engine with batching on (F5_BATCH_ROWS=8,
+window 10 ms), against the same requests served one at a time by an engine with batching off
+(F5_BATCH_ROWS=1). The two alternate (A B A B ...), --rounds times; the figure is audio seconds produced
+per wall second, median of the rounds, and their ratio; plus p50/p95 latency from when a client sent a
+request (the one-at-a-time side queues, as the clients of an unbatched worker would) and the rows per
+ODE run batching achieved. Tiny random-weight models on a CPU: the ratio says what sharing the DiT
+forwards buys on a CPU; it is not a GPU figure (docs/BENCHMARKS.md has those).
 """
 
 from __future__ import annotations
@@ -64,11 +65,18 @@ def one(engine: tts.F5Synth, i: int, nfe: int) -> tuple[float, float]:
     return len(audio) / tts.SAMPLE_RATE, time.perf_counter() - t0
 
 
+PER_CLIENT = 3
+
+
 def concurrent(engine: tts.F5Synth, n: int, nfe: int) -> dict:
     engine.gatherer.runs = []
     t0 = time.perf_counter()
+
+    def client(i: int) -> list[tuple[float, float]]:
+        return [one(engine, i * PER_CLIENT + k, nfe) for k in range(PER_CLIENT)]
+
     with ThreadPoolExecutor(n) as pool:
-        results = list(pool.map(lambda i: one(engine, i, nfe), range(n)))
+        results = [r for rs in pool.map(client, range(n)) for r in rs]
     wall = time.perf_counter() - t0
     lat = sorted(r[1] for r in results)
     return {"audio_s": sum(r[0] for r in results), "wall_s": wall, "p50_s": statistics.median(lat),
@@ -78,10 +86,17 @@ def concurrent(engine: tts.F5Synth, n: int, nfe: int) -> dict:
 
 def sequential(engine: tts.F5Synth, n: int, nfe: int) -> dict:
     t0 = time.perf_counter()
-    results = [one(engine, i, nfe) for i in range(n)]
+    sent = [0.0] * n
+    lat, audio = [], 0.0
+    for k in range(PER_CLIENT):
+        for i in range(n):
+            audio += one(engine, i * PER_CLIENT + k, nfe)[0]
+            now = time.perf_counter() - t0
+            lat.append(now - sent[i])
+            sent[i] = now
     wall = time.perf_counter() - t0
-    lat = sorted(r[1] for r in results)
-    return {"audio_s": sum(r[0] for r in results), "wall_s": wall, "p50_s": statistics.median(lat),
+    lat.sort()
+    return {"audio_s": audio, "wall_s": wall, "p50_s": statistics.median(lat),
             "p95_s": lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]}
 
 

@@ -7,6 +7,8 @@ Startup order (nothing takes a job before the models can serve):
 3. Engine.load: F5-TTS + vocoder, WhisperX ASR + the default language's alignment model;
 4. one warm-up inference of each model;
 5. runpod.serverless.start with the job handler (worker/queue/handler.py).
+With WORKER_MODE=http (RunPod load-balancing endpoints) the same steps run behind an HTTP server instead
+(worker/serving/server.py), which answers /ping 204 from the start and every request with a failure.
 A failure before 5 logs one line naming the phase, the cause and the remedy
 (worker/queue/failure.py); then, where a job queue is there (on RunPod, or runpod's local API), the
 worker stays up and answers every job with that line as its ``{"error"}`` (asking to be replaced after the
@@ -22,7 +24,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from worker.settings import EngineSettings, Settings, log_level
+from worker.errors import SettingsError
+from worker.settings import EngineSettings, Settings, log_level, mode
 
 log = logging.getLogger("worker")
 
@@ -78,6 +81,14 @@ def hold_env() -> None:
 def main() -> int:
     _configure_logging()
     hold_env()
+    try:
+        http = mode() == "http"
+    except SettingsError as exc:  # a malformed WORKER_MODE
+        return fail(exc, "config")
+    if http:  # RunPod load-balancing endpoints: the worker is the HTTP server (worker/serving/server.py)
+        from worker.serving.server import main as serve_http
+
+        return serve_http()
     phase = ["config"]
     try:
         # Every variable first (job limits too): a malformed one fails in a second, not after the models.

@@ -3,7 +3,8 @@
 One module, one parser per value type (``_text``, ``_flag``, ``_number`` (int or float), ``_choice``), one
 boolean vocabulary (1/true/yes/on, 0/false/no/off), the volume resolved once (``volume_of``). Every
 issue is collected before one ``SettingsError`` names them all. ``Settings`` holds ``engine``
-(``EngineSettings``: models, device, sampler) and ``jobs`` (``JobSettings``: limits and delivery).
+(``EngineSettings``: models, device, sampler) and ``jobs`` (``JobSettings``: limits and delivery);
+``mode()`` and ``ServingSettings`` (the http mode's listeners) are read apart, before them.
 
 Engine variables. Every variable is optional; the defaults serve the production endpoint
 (F5TTS_v1_Base + WhisperX on a GPU, models on the network volume). A model source is either a local
@@ -26,8 +27,8 @@ downloaded once onto the volume.
 | F5_BUCKET_FRAMES | 64 | cuda: pad mel length to a multiple of this (masked), so graphs are reused |
 | F5_LENGTH_SNAP | 0 | cuda: round a batch's length up to the bucket instead (no mask; <= 1 bucket longer) |
 | F5_FIRST_CHUNK_CHARS | 0 | >0: the first text batch holds at most this many bytes (earlier stream start) |
-| F5_BATCH_ROWS | 1 | >1: concurrent requests' batches share one ODE, up to this many rows (batching.py) |
-| F5_BATCH_WINDOW_MS | 10 | how long a batch waits for requests in flight to join (a lone one never waits) |
+| F5_BATCH_ROWS | 1 | >1: concurrent requests share one ODE, up to this many rows (off: no gain on an H200) |
+| F5_BATCH_WINDOW_MS | 10 | how long a batch waits for the requests in flight (a lone one never waits) |
 | WHISPER_MODEL | hf:Systran/faster-whisper-large-v3@<rev> | CTranslate2 Whisper dir or hf: spec |
 | WHISPER_COMPUTE_TYPE | auto | float16 on cuda, int8 on cpu; any CTranslate2 compute type |
 | WHISPER_BATCH_SIZE | 8 | WhisperX batched-inference size |
@@ -61,11 +62,25 @@ Job variables (all optional; defaults in brackets):
 ``WORKER_STREAM_CHUNK_BYTES`` [1000000]    largest streamed item (RunPod: 1 MB per stream chunk)
 ``WORKER_REF_TEXT_CACHE`` [256]            transcripts of reference audio kept (LRU, by audio hash)
 ``WORKER_VOICES_DIR`` [<volume>/voices]    preset voices: <name>.wav + <name>.txt
-``WORKER_STREAMING`` [1]                   0: plain handler (output is the dict itself; no stream: true)
+``WORKER_STREAMING`` [0]                   0: plain handler (output is the dict itself, inline up to
+                                           WORKER_MAX_RESPONSE_BYTES); 1: generator handler (stream: true
+                                           streams; every output a list, each item <= 1 MB)
 ``WORKER_LOG_LEVEL`` [INFO]                log level of ``python -m worker``
+``WORKER_MODE`` [queue]                    queue (the runpod job handler) or http (worker/serving)
 ``BUCKET_ENDPOINT_URL``, ``BUCKET_ACCESS_KEY_ID``, ``BUCKET_SECRET_ACCESS_KEY`` (read by runpod's
     ``rp_upload``) and ``BUCKET_NAME`` [month-year, runpod's default]: where outputs over the response
     limit are uploaded; without them such outputs fail with an error naming the limit.
+
+The http mode's variables (``ServingSettings``, read only with WORKER_MODE=http):
+
+``PORT`` [80]                    the HTTP app's port (RunPod load-balancing endpoints set it)
+``PORT_HEALTH`` [PORT]           the port of ``GET /ping``; another port: a second listener serves only /ping
+``WORKER_HTTP_HOST`` [0.0.0.0]   the address both listen on
+``WORKER_MAX_INFLIGHT`` [2]      requests worked on at once (speech, transcription, jobs); one more is
+                                 answered 429 with Retry-After at once: a load-balancing endpoint has no
+                                 queue, so the worker sheds load itself instead of letting requests
+                                 pile up into RunPod's ~5.5 min cut
+``WORKER_RETRY_AFTER_S`` [2]     the Retry-After of a 429 (and of a 503 while the models load)
 """
 
 from __future__ import annotations
@@ -133,7 +148,8 @@ def _flag(env: _Env, name: str, default: bool) -> bool:
     return default
 
 
-def _number(env: _Env, name: str, default: Any, minimum: float, kind: type = float) -> Any:
+def _number(env: _Env, name: str, default: Any, minimum: float, kind: type = float,
+            maximum: float | None = None) -> Any:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -142,14 +158,18 @@ def _number(env: _Env, name: str, default: Any, minimum: float, kind: type = flo
     except ValueError:
         env.bad(name, f"is not {'an integer' if kind is int else 'a number'}", raw)
         return default
+    if maximum is not None and not minimum <= value <= maximum:
+        env.bad(name, f"must be from {minimum:g} to {maximum:g}", raw)
+        return default
     if value < minimum:
         env.bad(name, f"must be at least {minimum:g}", raw)
         return default
     return value
 
 
-def _choice(env: _Env, name: str, default: str, choices: tuple[str, ...]) -> str:
+def _choice(env: _Env, name: str, default: str, choices: tuple[str, ...], *, fold: bool = False) -> str:
     value = env.get(name, "").strip() or default
+    value = value.lower() if fold else value
     if value not in choices:
         env.bad(name, f"must be one of {', '.join(choices)}", value)
         return default
@@ -283,7 +303,7 @@ class JobSettings:
     stream_chunk_bytes: int = 1_000_000
     ref_text_cache: int = 256
     voices_dir: Path = Path(DEFAULT_VOLUME) / "voices"
-    streaming: bool = True
+    streaming: bool = False
     bucket_endpoint_url: str | None = None
     bucket_name: str | None = None
 
@@ -320,6 +340,45 @@ class JobSettings:
             bucket_endpoint_url=_text(env, "BUCKET_ENDPOINT_URL") or None,
             bucket_name=_text(env, "BUCKET_NAME") or None,
         )
+
+
+MODES = ("queue", "http")
+
+
+def mode(env: Mapping[str, str] | None = None) -> str:
+    """``WORKER_MODE``: queue (the default, the runpod handler) or http (worker/serving); read before the
+    rest, since it decides which settings the worker needs."""
+    reader = _Env(env)
+    value = _choice(reader, "WORKER_MODE", "queue", MODES, fold=True)
+    reader.check()
+    return value
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """The http mode's listeners and load shedding; read only in that mode (a queue worker never needs a
+    PORT)."""
+
+    host: str = "0.0.0.0"
+    port: int = 80
+    health_port: int = 80
+    max_inflight: int = 2
+    retry_after_s: int = 2
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServingSettings:
+        reader = _Env(env)
+        d = cls
+        port = _number(reader, "PORT", d.port, 1, int, 65535)
+        settings = cls(
+            host=_text(reader, "WORKER_HTTP_HOST", d.host),
+            port=port,
+            health_port=_number(reader, "PORT_HEALTH", port, 1, int, 65535),
+            max_inflight=_number(reader, "WORKER_MAX_INFLIGHT", d.max_inflight, 1, int, 1024),
+            retry_after_s=_number(reader, "WORKER_RETRY_AFTER_S", d.retry_after_s, 0, int, 3600),
+        )
+        reader.check()
+        return settings
 
 
 @dataclass(frozen=True)

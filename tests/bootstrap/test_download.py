@@ -163,3 +163,37 @@ def test_a_part_failing_for_good_stops_the_others(tmp_path: Path, server: Server
     run = _install(server, tmp_path / "vol", "--parallel", "8")
     assert run.code == 14 and art.manifest.parts[0].name in run.result["error"]  # the real cause, first
     assert server.bytes_served < art.manifest.archive.size / 2  # the rest was abandoned, not finished
+
+
+def test_read_ahead_hands_out_a_complete_part_in_order_and_a_shrunk_one_restarts(tmp_path: Path) -> None:
+    """A complete part is read by several threads at once (network volumes answer each read after a
+    round trip); the consumer still sees its bytes in order, whatever its buffer size."""
+    import os
+    import random
+
+    import pytest
+
+    from worker.bootstrap.download import StreamRestart, _ReadAhead
+
+    data = random.Random(7).randbytes(1_000_003)
+    part = tmp_path / "part"
+    part.write_bytes(data)
+    with open(part, "rb") as fh:
+        ahead = _ReadAhead(fh.fileno(), 5, len(data), block=65_536, depth=4)
+        got = bytearray()
+        sizes = [1, 4096, 70_000, 131_072]
+        while True:
+            buf = memoryview(bytearray(sizes[len(got) % len(sizes)]))
+            n = ahead.readinto(buf)
+            if not n:
+                break
+            got += buf[:n]
+        ahead.close()
+    assert bytes(got) == data[5:]
+    with open(part, "rb") as fh:
+        ahead = _ReadAhead(fh.fileno(), 0, len(data) + 100_000, block=65_536, depth=4)  # it shrank
+        with pytest.raises(StreamRestart, match="shrank"):
+            while ahead.readinto(memoryview(bytearray(1 << 20))):
+                pass
+        ahead.close()
+    assert os.path.getsize(part) == len(data)

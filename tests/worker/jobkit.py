@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import socket
 import subprocess
 import threading
 import time
@@ -189,3 +190,8 @@ def wait_for_local_api(base: str, proc: subprocess.Popen, seconds: float, log: C
         if time.monotonic() > deadline:
             pytest.fail(f"no local API at {base} within {seconds} s:\n{log()[-4000:]}")
         time.sleep(poll_s)
+def free_port() -> int:
+    """A TCP port nothing on 127.0.0.1 listens on right now (for a server subprocess)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -6,7 +6,8 @@
 stdout's last line is the contract's JSON: ``{"status": "ready", ...}`` (exit 0) or
 ``{"status": "failed", "phase", "error", "remedy", "exit_code"}`` (exit code by phase, see
 docs/installer.md). Logs go to stderr. On RunPod (``RUNPOD_WEBHOOK_GET_JOB`` set) a failure is then
-served to every job (fallback.py) unless ``BOOTSTRAP_FAILURE_HANDLER=off``.
+served to every job (fallback.py), and with ``WORKER_MODE=http`` to every HTTP request (fallback_http.py),
+unless ``BOOTSTRAP_FAILURE_HANDLER=off``.
 """
 
 from __future__ import annotations
@@ -136,11 +137,15 @@ def _fail(exc: BootstrapError, layout: list[Layout], cfg: config_mod.Config,
     _emit(doc)
     handler = cfg.failure_handler
     on_runpod = bool(os.environ.get("RUNPOD_WEBHOOK_GET_JOB"))
-    if not cfg.no_exec and (handler == "on" or (handler == "auto" and on_runpod)):
-        if serve_error is None:
-            from .fallback import serve_error as serve
-        else:
+    # A load-balancing endpoint has no job queue: there the failure is answered over HTTP.
+    http = os.environ.get("WORKER_MODE", "").strip().lower() == "http"
+    if not cfg.no_exec and (handler == "on" or (handler == "auto" and (on_runpod or http))):
+        if serve_error is not None:
             serve = serve_error
+        elif http:
+            from .fallback_http import serve_http_error as serve
+        else:
+            from .fallback import serve_error as serve
         serve(str(exc))
     return exc.exit_code
 

@@ -264,7 +264,6 @@ def _install_locked(config: Config, layout: Layout, manifest: Manifest, env_dir:
     from . import gc
     from .download import Downloads
     from .parts import parts_ready
-    from .relocate import relocate
 
     with Phase("preflight"):
         gc.empty_trash(layout)
@@ -277,6 +276,26 @@ def _install_locked(config: Config, layout: Layout, manifest: Manifest, env_dir:
     download_dir = layout.parts_dir(manifest.env_id) if kept else layout.download_dir(manifest.env_id)
     downloads = Downloads(manifest, str(config.manifest_url), download_dir,
                           transport_for(config), config.parallel, check=lease.check)
+    # A half-written tree only takes space (a full disk must free itself); parts stay. A lease lost
+    # meanwhile means another installer owns the tree now: leave it to that one.
+    info = extract_and_commit(config, layout, manifest, env_dir, downloads, lease, owned=lambda: lease.held)
+    import shutil
+
+    if not kept:
+        shutil.rmtree(download_dir, ignore_errors=True)  # the env holds it all now
+    return downloads.network_bytes, info
+
+
+def extract_and_commit(config: Config, layout: Layout, manifest: Manifest, env_dir: Path, downloads: Any,
+                       lease: Any, on_verified: Callable[[], None] | None = None,
+                       owned: Callable[[], bool] = lambda: True) -> dict[str, Any]:
+    """Parts (arriving, or already on disk) -> verified tree at ``env_dir`` -> relocated -> committed in
+    ``layout``, under ``lease``; ``on_verified`` runs once the whole archive verified. A failure moves the
+    half-written tree to trash when ``owned()`` says it is still this installer's. Both placements
+    install through here (install.py onto the volume, parts.py onto the container disk)."""
+    from . import gc
+    from .relocate import relocate
+
     reporter = _Progress(downloads, config.progress_s, lease)
     try:
         try:
@@ -287,6 +306,8 @@ def _install_locked(config: Config, layout: Layout, manifest: Manifest, env_dir:
         finally:
             reporter.stop()
             downloads.cancel()
+        if on_verified is not None:
+            on_verified()
         with Phase("relocate"):
             relocated = relocate(env_dir)
         with Phase("commit"):
@@ -294,17 +315,13 @@ def _install_locked(config: Config, layout: Layout, manifest: Manifest, env_dir:
             info = {"files": stats.files, "unpacked_bytes": stats.bytes, "relocated": relocated}
             commit_phase.commit(layout, manifest, env_dir, install_id, info)
     except BaseException:
-        if lease.held:  # a half-written tree only takes space (a full disk must free itself); parts stay
+        if owned():
             try:
                 gc.to_trash(layout, env_dir)
             except OSError as exc:
                 log.warning("could not remove the incomplete tree %s: %s", env_dir, exc)
         raise
-    import shutil
-
-    if not kept:
-        shutil.rmtree(download_dir, ignore_errors=True)  # the env holds it all now
-    return downloads.network_bytes, info
+    return info
 
 
 def _check_space(config: Config, layout: Layout, manifest: Manifest, env_dir: Path) -> None:

@@ -30,12 +30,11 @@ from typing import Any
 from artifact.files import sha256_file, write_atomic
 from artifact.manifest import Manifest
 
-from . import commit as commit_phase
 from . import preflight
 from .config import Config
 from .download import Downloads
 from .errors import BootstrapError
-from .install import Phase, Result, _extract_verified, _Progress, _ready, acquire, env_lease, transport_for
+from .install import Phase, Result, _ready, acquire, env_lease, extract_and_commit, transport_for
 from .layout import Layout
 from .lease import Lease
 
@@ -181,7 +180,6 @@ def _extract_local(config: Config, volume: Layout, local: Layout, manifest: Mani
     """Parts (arriving, or committed when ``downloads`` is None) -> verified tree on the container disk,
     relocated and committed there. A failure removes the half-written tree."""
     from . import gc
-    from .relocate import relocate
 
     env_id = manifest.env_id
     with Phase("preflight"):
@@ -194,31 +192,7 @@ def _extract_local(config: Config, volume: Layout, local: Layout, manifest: Mani
         log.info("extracting the parts of %s kept on the volume onto the container disk", env_id)
         downloads = _CommittedParts(manifest, str(config.manifest_url), volume.parts_dir(env_id),
                                     transport_for(config), config.parallel, check=leases.check)
-    reporter = _Progress(downloads, config.progress_s, leases)
-    try:
-        try:
-            with Phase("download"):
-                downloads.start()
-                reporter.start()
-                install_id, stats = _extract_verified(local, manifest, env_dir, downloads, leases, reporter)
-        finally:
-            reporter.stop()
-            downloads.cancel()
-        if on_verified is not None:
-            on_verified()
-        with Phase("relocate"):
-            relocated = relocate(env_dir)
-        with Phase("commit"):
-            leases.check()
-            info = {"files": stats.files, "unpacked_bytes": stats.bytes, "relocated": relocated}
-            commit_phase.commit(local, manifest, env_dir, install_id, info)
-    except BaseException:
-        try:
-            gc.to_trash(local, env_dir)
-        except OSError as exc:
-            log.warning("could not remove the incomplete tree %s: %s", env_dir, exc)
-        raise
-    return info
+    return extract_and_commit(config, local, manifest, env_dir, downloads, leases, on_verified)
 
 
 def _done(config: Config, volume: Layout, local: Layout, manifest: Manifest, env_dir: Path, downloaded: int,

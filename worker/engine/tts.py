@@ -615,19 +615,24 @@ class F5Synth:
             return self._run_batch_graph(padded, y, const, mask, t, cfg, check)
         entry = self._graphs.get(padded)
         if entry is None:
-            bufs = {"y": y.clone(), "const": const.clone(), "mask": None if mask is None else mask.clone(),
-                    "t": t[0].clone(), "dt": (t[1] - t[0]).clone(),
-                    "cfg": torch.tensor(cfg, device=self.device, dtype=self.dtype)}
-            rope = self.dit.rotary_embed.forward_from_seq_len(padded)
-
-            def step() -> None:
-                pred, null = self._forward(bufs["y"], bufs["const"], bufs["mask"], rope, bufs["t"]).chunk(2)
-                bufs["y"].add_(bufs["dt"] * (pred + (pred - null) * bufs["cfg"]))
-
             log.info("tts: capturing a CUDA graph for %s frames", padded)
-            entry = (self._graph_factory(step, bufs["y"], self._pool), bufs)
+            entry = self._capture(padded, y, const, mask, t,
+                                  torch.tensor(cfg, device=self.device, dtype=self.dtype))
             self._graphs[padded] = entry
         return self._replay(entry, y, const, mask, t, cfg, check)
+
+    def _capture(self, padded, y, const, mask, t, cfg: torch.Tensor):
+        """One ODE step (batched CFG forward + Euler update) over static buffers shaped like the inputs,
+        captured as a graph; the buffers are refilled before each replay (`_replay`)."""
+        bufs = {"y": y.clone(), "const": const.clone(), "mask": None if mask is None else mask.clone(),
+                "t": t[0].clone(), "dt": (t[1] - t[0]).clone(), "cfg": cfg}
+        rope = self.dit.rotary_embed.forward_from_seq_len(padded)
+
+        def step() -> None:
+            pred, null = self._forward(bufs["y"], bufs["const"], bufs["mask"], rope, bufs["t"]).chunk(2)
+            bufs["y"].add_(bufs["dt"] * (pred + (pred - null) * bufs["cfg"]))
+
+        return self._graph_factory(step, bufs["y"], self._pool), bufs
 
     def _replay(self, entry, y, const, mask, t, cfg, check: Callable[[], None]) -> torch.Tensor:
         graph, bufs = entry
@@ -670,17 +675,9 @@ class F5Synth:
         key = (padded, size)
         entry = self._batch_graphs.get(key)
         if entry is None:
-            bufs = {"y": y.clone(), "const": const.clone(), "mask": mask.clone(),
-                    "t": t[0].clone(), "dt": (t[1] - t[0]).clone(),
-                    "cfg": torch.ones(size, 1, 1, device=self.device, dtype=self.dtype)}
-            rope = self.dit.rotary_embed.forward_from_seq_len(padded)
-
-            def step() -> None:
-                pred, null = self._forward(bufs["y"], bufs["const"], bufs["mask"], rope, bufs["t"]).chunk(2)
-                bufs["y"].add_(bufs["dt"] * (pred + (pred - null) * bufs["cfg"]))
-
             log.info("tts: capturing a CUDA graph for %s rows of %s frames", size, padded)
-            entry = (self._graph_factory(step, bufs["y"], self._pool), bufs)
+            entry = self._capture(padded, y, const, mask, t,
+                                  torch.ones(size, 1, 1, device=self.device, dtype=self.dtype))
             self._batch_graphs[key] = entry
             while len(self._batch_graphs) > self.batch_graphs_max:
                 self._batch_graphs.popitem(last=False)

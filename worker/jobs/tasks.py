@@ -230,6 +230,17 @@ class Jobs:
         out["timings"] = timings
         return out, encoded
 
+    def speech(self, request: TtsRequest, deadline: JobDeadline | None = None
+               ) -> tuple[str, Iterator[np.ndarray]]:
+        """The reference transcript and the audio as it is made: float32 at the engine's rate, each
+        sentence batch as soon as it is ready (concatenated: the whole cross-faded audio), for a front end
+        that encodes and delivers it itself (the http mode, worker/serving). The reference is fetched and
+        the inputs are checked now; the audio is made as the caller iterates."""
+        deadline = deadline or JobDeadline(self.limits.job_timeout_s)
+        ref = self._reference(request, deadline)
+        params = self._params(request, deadline)
+        return ref.ref_text, iter(self.engine.synthesize(request.text, ref.samples, ref.ref_text, params))
+
     def tts_stream(self, request: TtsRequest, deadline: JobDeadline | None = None) -> Iterator[dict]:
         """Audio pieces as each sentence batch is ready, then one summary item without audio."""
         deadline = deadline or JobDeadline(self.limits.job_timeout_s)

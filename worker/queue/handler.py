@@ -32,9 +32,11 @@ Two handler shapes, because runpod fixes streaming per handler, not per job (``i
 isgeneratorfunction``): ``make_streaming_handler`` is a generator (needed for ``stream: true``; runpod
 then returns ``output`` as the list of yielded items, so a non-streamed job's output is a list of one
 dict, which must fit one stream item); ``make_plain_handler`` returns the dict itself (no streaming;
-inline up to WORKER_MAX_RESPONSE_BYTES). ``make_handler`` picks one (``wants_streaming``: streaming
-unless WORKER_STREAMING=0 or runpod runs a local ``--test_input`` job, which cannot iterate a
-generator); ``start_config`` builds what ``runpod.serverless.start`` takes and wires ``refresh_worker``.
+inline up to WORKER_MAX_RESPONSE_BYTES). ``make_handler`` picks one (``wants_streaming``: plain by
+default, streaming with WORKER_STREAMING=1 unless runpod runs a local ``--test_input`` job, which cannot
+iterate a generator); ``start_config`` builds what ``runpod.serverless.start`` takes and wires
+``refresh_worker``. Real-time streaming (audio bytes as they are made) is the http mode's
+(worker/serving).
 """
 
 from __future__ import annotations
@@ -76,11 +78,19 @@ def is_fatal(err: BaseException) -> bool:
     return isinstance(err, RuntimeError | MemoryError) and any(m in text for m in _FATAL_MARKERS)
 
 
+def job_field(where: str, *, engine: bool = False) -> str | None:
+    """The job input field an issue's ``where`` names, or None (a stage, a variable): ``input.<field>``
+    from the job layer; from the engine (``engine``), its argument name where that is a job field."""
+    if engine:
+        return where if where in _JOB_FIELDS else None
+    return where.removeprefix("input.") if where.startswith("input.") else None
+
+
 def refusal(err: JobError | EngineError) -> str:
     """What the client reads. The engine names its own arguments (``language``); those that are job
     fields are the job's ``input.<field>``."""
     if isinstance(err, EngineError):
-        return "; ".join(str(i._replace(where=f"input.{i.where}")) if i.where in _JOB_FIELDS else str(i)
+        return "; ".join(str(i._replace(where=f"input.{i.where}") if job_field(i.where, engine=True) else i)
                          for i in err.found)
     return str(err)
 
@@ -217,7 +227,9 @@ def runs_local_test(argv: list[str] | None = None, env: dict | None = None) -> b
 
 
 def wants_streaming(limits: JobSettings) -> bool:
-    """The generator handler unless WORKER_STREAMING=0 or runpod is about to run a local test job."""
+    """The generator handler when WORKER_STREAMING=1 (the default is the plain handler: each output is
+    the documented dict, inline up to WORKER_MAX_RESPONSE_BYTES; docs/jobs.md, "Which handler"), unless
+    runpod is about to run a local test job."""
     return limits.streaming and not runs_local_test()
 
 

@@ -257,11 +257,16 @@ def test_start_config_shapes(engine_config, limits, monkeypatch) -> None:
     assert not inspect.isgeneratorfunction(plain["handler"])
     monkeypatch.setenv("RUNPOD_WEBHOOK_GET_JOB", "https://example.invalid/job-take/$ID")
     monkeypatch.setattr("sys.argv", ["worker"])
-    assert inspect.isgeneratorfunction(make_handler(engine, config, limits))  # production
+    monkeypatch.delenv("WORKER_STREAMING", raising=False)
+    default = JobSettings.from_env(volume=limits.voices_dir.parent)
+    assert not inspect.isgeneratorfunction(make_handler(engine, config, default))  # the default: plain
+    monkeypatch.setenv("WORKER_STREAMING", "1")
+    streamed = JobSettings.from_env(volume=limits.voices_dir.parent)
+    assert inspect.isgeneratorfunction(make_handler(engine, config, streamed))  # production, streaming
     monkeypatch.setattr("sys.argv", ["worker", "--test_input", "{}"])
-    assert not inspect.isgeneratorfunction(make_handler(engine, config, limits))  # local test job
+    assert not inspect.isgeneratorfunction(make_handler(engine, config, streamed))  # local test job
     monkeypatch.setattr("sys.argv", ["worker", "--rp_serve_api"])
-    assert inspect.isgeneratorfunction(make_handler(engine, config, limits))  # local API
+    assert inspect.isgeneratorfunction(make_handler(engine, config, streamed))  # local API
     unstreamed = Settings(config, dataclasses.replace(limits, streaming=False))  # WORKER_STREAMING=0
     assert not inspect.isgeneratorfunction(start_config(engine, unstreamed)["handler"])
 

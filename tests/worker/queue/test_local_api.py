@@ -1,4 +1,6 @@
-"""The real runpod local API (`python -m devtools.devserve`, i.e. `just serve PORT`) driven over HTTP.
+"""The real runpod local API (`python -m devtools.devserve`, i.e. `just serve PORT`) driven over HTTP, with
+the streaming (generator) handler that WORKER_STREAMING=1 picks (the default plain handler:
+test_local_api_default.py).
 
 Pins down what runpod 1.12's local server really does with this worker's generator handler:
 ``/runsync`` answers ``{"status": "COMPLETED", "output": [items...]}`` (a yielded ``{"error"}`` too: only
@@ -8,30 +10,34 @@ which returns every item at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from jobkit import TINY_CACHE, AudioServer, audio_bytes, b64, decode_b64, voice_like, wait_for_local_api
+from jobkit import (
+    TINY_CACHE,
+    AudioServer,
+    audio_bytes,
+    b64,
+    decode_b64,
+    free_port,
+    voice_like,
+    wait_for_local_api,
+)
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[3]
 REF = b64(audio_bytes(voice_like(1.0, 16000, seed=21), 16000))
 STARTUP_S = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def post(base: str, path: str, body: object, raw: bytes | None = None, timeout: float = 120
@@ -49,15 +55,16 @@ def post(base: str, path: str, body: object, raw: bytes | None = None, timeout: 
             return err.code, {"raw": text.decode(errors="replace")}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextlib.contextmanager
+def devserve(tmp_path_factory, **extra: str) -> Iterator[str]:
+    """`just serve PORT` with these variables on top; yields its base URL."""
     voices = tmp_path_factory.mktemp("voices")
     (voices / "alice.wav").write_bytes(audio_bytes(voice_like(1.0, 24000, seed=22), 24000))
     (voices / "alice.txt").write_text("Hello, I am Alice.")
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WORKER_VOICES_DIR": str(voices),
-           "WORKER_TINY_CACHE": str(TINY_CACHE), "UVICORN_LOG_LEVEL": "warning"}
+           "WORKER_TINY_CACHE": str(TINY_CACHE), "UVICORN_LOG_LEVEL": "warning", **extra}
     env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "devtools.devserve", "--port", str(port)],
@@ -73,6 +80,12 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with devserve(tmp_path_factory, WORKER_STREAMING="1") as base:
+        yield base
 
 
 def runsync(base: str, job_input: object) -> list[dict]:

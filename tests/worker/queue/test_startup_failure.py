@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from jobkit import tiny_env, wait_for_local_api
+from jobkit import free_port, tiny_env, wait_for_local_api
 
 from worker.engine.models import ModelError
 from worker.queue import failure
@@ -31,12 +30,6 @@ from worker.settings import SettingsError
 
 ROOT = Path(__file__).resolve().parents[3]
 STARTUP_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _post(base: str, path: str, body: object) -> dict:
@@ -50,7 +43,7 @@ class FailingWorker:
     """`python -m worker --rp_serve_api` with the given environment, its log kept."""
 
     def __init__(self, tmp_path: Path, **env: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / "worker.log"
         full = {**os.environ, **tiny_env(), "PYTHONPATH": str(ROOT), "WORKER_VOLUME": str(tmp_path / "vol"),

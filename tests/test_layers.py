@@ -70,6 +70,12 @@ def test_the_installer_needs_only_the_contract() -> None:
     ("worker/jobs", ("worker.jobs", "worker.errors", "worker.settings", "worker.engine.core")),
     ("worker/queue", ("worker.queue", "worker.jobs", "worker.errors", "worker.settings",
                            "worker.engine.core", "worker.bootstrap.fallback")),
+    # The http mode: a front end beside queue/ on the same job layer; it answers as the queue mode does
+    # through the queue handler's transport-neutral core (Handler, is_fatal, job_field) and its startup
+    # failure (StartupFailure, classify), and loads the models through the entry point's prepare().
+    ("worker/serving", ("worker.serving", "worker.jobs", "worker.errors", "worker.settings",
+                        "worker.engine.core", "worker.queue.handler", "worker.queue.failure",
+                        "worker.__main__")),
 ])
 def test_each_worker_layer_imports_only_the_layers_below(part: str, may: tuple[str, ...]) -> None:
     for module, names in imported(part).items():
@@ -77,13 +83,26 @@ def test_each_worker_layer_imports_only_the_layers_below(part: str, may: tuple[s
 
 
 def test_only_the_runpod_glue_and_the_entry_point_use_the_runpod_sdk() -> None:
-    for part in ("worker/engine", "worker/jobs", "worker/errors.py", "worker/settings.py"):
+    for part in ("worker/engine", "worker/jobs", "worker/serving", "worker/errors.py", "worker/settings.py"):
         for module, names in imported(part).items():
             assert "runpod" not in names, module
+
+
+def test_no_layer_below_a_front_end_imports_one() -> None:
+    """queue/ and serving/ are two front ends over the job layer: the engine and the job layer know
+    neither, and the queue mode does not know the http mode."""
+    for part in ("worker/engine", "worker/jobs", "worker/queue", "worker/errors.py", "worker/settings.py"):
+        for module, names in imported(part).items():
+            assert not {n for n in ours(names) if n.startswith("worker.serving")}, module
+    for part in ("worker/engine", "worker/jobs"):
+        for module, names in imported(part).items():
+            assert not {n for n in ours(names) if n.startswith("worker.queue")}, module
+            assert not {"starlette", "uvicorn"} & names, module
 
 
 def test_the_image_tree_holds_no_development_tool() -> None:
     for part in ("artifact", "worker"):
         for module, names in imported(part).items():
             assert not allowed(names, "artifact", "worker"), module
-    assert not list((REPO / "worker").rglob("tiny.py")) and not list((REPO / "worker").rglob("devserve.py"))
+    for tool in ("tiny.py", "devserve.py", "serve_http.py"):
+        assert not list((REPO / "worker").rglob(tool)), tool

@@ -12,9 +12,12 @@ traceback. Standard library only: the handler imports it without loading any mod
     ├── ModelError      a model spec that does not resolve or load (startup phase "models")
     ├── DeviceError     the GPU asked for is not there             (startup phase "cuda": replace the worker)
     ├── EngineError     an input the engine refuses; ``where`` is the engine's argument name
-    └── JobError        a job refused or stopped; ``where`` is ``input.<field>``, ``job`` or ``output``
-        ├── JobInputError  (schema)   ├── AudioError (audio)    ├── VoiceError (voices)
-        ├── UrlFetchError  (urlfetch) ├── JobTimeout (jobs)     └── DeliveryError (jobs)
+    ├── JobError        a job refused or stopped; ``where`` is ``input.<field>``, ``job`` or ``output``
+    │   ├── JobInputError  (schema)   ├── AudioError (audio)    ├── VoiceError (voices)
+    │   ├── UrlFetchError  (urlfetch) ├── JobTimeout (jobs)     ├── DeliveryError (jobs)
+    │   └── Cancelled      (serving: the HTTP client went away; ``where`` is ``client``)
+    └── ApiError        (serving) an HTTP answer in OpenAI's shape; ``where`` is its ``param``
+The two ``serving`` classes live in worker/serving/errors.py, with the front end that raises them.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from devtools.tiny import ensure_tiny_models  # noqa: E402
-from worker.engine import tts  # noqa: E402
+from worker.engine import tts, tts_load  # noqa: E402
 
 REF_TEXT = "This is the reference voice."
 TEXTS = [
@@ -46,9 +46,10 @@ TEXTS = [
 
 
 def synth(root: Path, rows: int) -> tts.F5Synth:
-    cfm = tts.load_cfm(tts.load_arch(str(root / "f5" / "arch.json")), root / "f5" / "model_tiny.safetensors",
-                       root / "f5" / "vocab.txt", "cpu", torch.float32)
-    return tts.F5Synth(cfm, tts.load_vocos(root / "vocos", "cpu"), "cpu", batch_rows=rows,
+    arch = tts_load.load_arch(str(root / "f5" / "arch.json"))
+    cfm = tts_load.load_cfm(arch, root / "f5" / "model_tiny.safetensors", root / "f5" / "vocab.txt", "cpu",
+                            torch.float32)
+    return tts.F5Synth(cfm, tts_load.load_vocos(root / "vocos", "cpu"), "cpu", batch_rows=rows,
                        batch_window_s=0.01)
 
 

@@ -237,16 +237,16 @@ def build_dit(tiny: bool, device: str, dtype):
     import torch
     from f5_tts.model.backbones.dit import DiT
 
-    from worker.engine import tts
+    from worker.engine import tts_load
 
     if tiny:
         from devtools import tiny as tiny_mod
 
         arch = dict(tiny_mod.TINY_DIT)
     else:
-        arch = tts.load_arch("F5TTS_v1_Base")
+        arch = tts_load.load_arch("F5TTS_v1_Base")
     torch.manual_seed(0)
-    dit = DiT(**arch, text_num_embeds=2545, mel_dim=tts.N_MELS)
+    dit = DiT(**arch, text_num_embeds=2545, mel_dim=tts_load.N_MELS)
     with torch.no_grad():
         for p in dit.parameters():
             p.normal_(0.0, 0.02)

@@ -99,7 +99,7 @@ def make_models(tmp: Path, tiny: bool, seed: int = 0) -> dict:
     from safetensors.torch import save_file
 
     from devtools import tiny as tiny_mod
-    from worker.engine import tts
+    from worker.engine import tts_load
 
     if tiny:
         root = tiny_mod.ensure_tiny_models(ROOT / ".cache" / "tiny-models")
@@ -110,7 +110,7 @@ def make_models(tmp: Path, tiny: bool, seed: int = 0) -> dict:
     from vocos import Vocos
 
     vocab = Path(str(files("f5_tts").joinpath("infer/examples/vocab.txt")))
-    arch = tts.load_arch("F5TTS_v1_Base")
+    arch = tts_load.load_arch("F5TTS_v1_Base")
     _, vocab_size = get_tokenizer(str(vocab), "custom")
     torch.manual_seed(seed)
     model = CFM(transformer=DiT(**arch, text_num_embeds=vocab_size, mel_dim=100))
@@ -206,11 +206,11 @@ def default_options() -> dict:
 def engine_variant(paths: dict, device: str, name: str):
     import torch
 
-    from worker.engine import tts
+    from worker.engine import tts, tts_load
 
     dtype = torch.float16 if device == "cuda" else torch.float32
-    cfm = tts.load_cfm(paths["arch"], paths["ckpt"], paths["vocab"], device, dtype)
-    vocos = tts.load_vocos(paths["vocos"], device)
+    cfm = tts_load.load_cfm(paths["arch"], paths["ckpt"], paths["vocab"], device, dtype)
+    vocos = tts_load.load_vocos(paths["vocos"], device)
     options = VARIANTS[name]
     if options is None:
         options = default_options()
@@ -447,17 +447,17 @@ def measure_batched(paths: dict, device: str, ref: np.ndarray, clients: list[int
 
     import torch
 
-    from worker.engine import tts
+    from worker.engine import tts, tts_load
 
     dtype = torch.float16 if device == "cuda" else torch.float32
 
     def make(rows: int):
-        cfm = tts.load_cfm(paths["arch"], paths["ckpt"], paths["vocab"], device, dtype)
+        cfm = tts_load.load_cfm(paths["arch"], paths["ckpt"], paths["vocab"], device, dtype)
         options = default_options()
         if device != "cuda":
             options["bucket_frames"] = 1
-        return tts.F5Synth(cfm, tts.load_vocos(paths["vocos"], device), device, **options, batch_rows=rows,
-                           batch_window_s=0.01)
+        vocos = tts_load.load_vocos(paths["vocos"], device)
+        return tts.F5Synth(cfm, vocos, device, **options, batch_rows=rows, batch_window_s=0.01)
 
     batched, plain = make(max(2, *clients)), make(1)
 
@@ -649,12 +649,12 @@ def measure_warmup(paths: dict, device: str, ref: np.ndarray, runs: int, variant
     the peak memory of every model this bench can load (the CTranslate2 Whisper cannot: docs)."""
     import torch
 
-    from worker.engine import tts
+    from worker.engine import tts, tts_text
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     synth = engine_variant(paths, device, variant)
-    max_frames = int(tts.BATCH_SECONDS * tts.SAMPLE_RATE / tts.HOP) + 1
+    max_frames = int(tts_text.BATCH_SECONDS * tts.SAMPLE_RATE / tts.HOP) + 1
     capture_s = timed(lambda: synth.capture_buckets(max_frames), device)
     graphs = len(synth._graphs)
     rows = {}

@@ -124,7 +124,7 @@ class Engine:
     @classmethod
     def load(cls, config: EngineSettings, paths: dict[str, object] | None = None) -> Engine:
         """Loads every model; ``paths`` are ``resolve_models(config)``'s (resolved here when None)."""
-        from worker.engine import tts
+        from worker.engine import tts, tts_load
         from worker.engine.asr import WhisperX
 
         os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
@@ -136,9 +136,10 @@ class Engine:
         paths = resolve_models(config) if paths is None else paths
         go_offline()
         _use_nltk_dir(config)
-        dtype = tts._resolve_dtype(config.f5_dtype, device)
-        cfm = tts.load_cfm(tts.load_arch(config.f5_arch), paths["ckpt"], paths["vocab"], device, dtype)
-        vocos = tts.load_vocos(paths["vocoder"], device)
+        dtype = tts_load.resolve_dtype(config.f5_dtype, device)
+        arch = tts_load.load_arch(config.f5_arch)
+        cfm = tts_load.load_cfm(arch, paths["ckpt"], paths["vocab"], device, dtype)
+        vocos = tts_load.load_vocos(paths["vocoder"], device)
         synth = tts.F5Synth(
             cfm, vocos, device, sampler=config.f5_sampler,
             # Padding only pays for itself where graphs are replayed per bucket.
@@ -178,7 +179,8 @@ class Engine:
         if getattr(self.tts, "cuda_graphs", False):
             # One graph per length bucket up to upstream's per-batch budget (~22 s), captured now so no
             # request pays a capture.
-            from worker.engine.tts import BATCH_SECONDS, HOP
+            from worker.engine.tts_load import HOP
+            from worker.engine.tts_text import BATCH_SECONDS
 
             try:
                 self.tts.capture_buckets(int(BATCH_SECONDS * self.sample_rate / HOP) + 1)

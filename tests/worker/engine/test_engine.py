@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devtools.tiny import tiny_config
-from worker.engine import tts
+from worker.engine import tts, tts_text
 from worker.engine.core import Engine, EngineError, SynthesisParams, Transcript, Word
 
 TINY_CACHE = Path(__file__).resolve().parents[3] / ".cache" / "tiny-models"
@@ -83,7 +83,7 @@ def test_stream_chunks_concatenate_to_the_cross_faded_join(engine):
     faded = _say(engine, text, ref, ref_text, seed=5)
     raw = _say(engine, text, ref, ref_text, seed=5, cross_fade_s=0.0)
     assert len(raw) == 3 and len(faded) == 3
-    want = tts.cross_fade_concat(raw, int(0.15 * 24_000))
+    want = tts_text.cross_fade_concat(raw, int(0.15 * 24_000))
     np.testing.assert_allclose(np.concatenate(faded), want, rtol=0, atol=1e-6)
     # Every chunk but the last holds back the fade tail, which the next chunk carries blended.
     assert len(faded[0]) == len(raw[0]) - int(0.15 * 24_000)
@@ -94,9 +94,9 @@ def test_stream_chunks_concatenate_to_the_cross_faded_join(engine):
 def test_cross_fader_streams_exactly_the_reference_join(lengths, fade):
     rng = np.random.default_rng(sum(lengths) + fade)
     waves = [rng.standard_normal(n).astype(np.float32) for n in lengths]
-    fader = tts.CrossFader(fade)
+    fader = tts_text.CrossFader(fade)
     streamed = [fader.push(w, last=i == len(waves) - 1) for i, w in enumerate(waves)]
-    np.testing.assert_allclose(np.concatenate(streamed), tts.cross_fade_concat(waves, fade), atol=1e-6)
+    np.testing.assert_allclose(np.concatenate(streamed), tts_text.cross_fade_concat(waves, fade), atol=1e-6)
 
 
 def test_first_chunk_limit_makes_a_short_first_batch(tmp_path):

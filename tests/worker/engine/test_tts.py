@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devtools.tiny import tiny_config
-from worker.engine import tts
+from worker.engine import tts_text
 from worker.engine.core import Engine, EngineError, SynthesisParams
 
 TINY_CACHE = Path(__file__).resolve().parents[3] / ".cache" / "tiny-models"
@@ -44,7 +44,7 @@ unpunctuated = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(text=unpunctuated, max_bytes=st.integers(1, 300))
 def test_split_oversized_keeps_every_character_within_the_budget(text: str, max_bytes: int) -> None:
-    pieces = tts.split_oversized(text, max_bytes)
+    pieces = tts_text.split_oversized(text, max_bytes)
     for piece in pieces:
         assert piece and piece == piece.strip()
         assert len(piece.encode()) <= max_bytes or len(piece) == 1, (piece, max_bytes)

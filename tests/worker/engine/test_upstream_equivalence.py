@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devtools.tiny import TINY_DIT, ensure_tiny_models
-from worker.engine import tts
+from worker.engine import tts, tts_load, tts_text
 
 TINY_CACHE = Path(__file__).resolve().parents[3] / ".cache" / "tiny-models"
 REF_TEXT = "This is the reference voice."
@@ -47,9 +47,10 @@ def upstream(root):
 
 
 def _synth(root, dtype=torch.float32, **kw) -> tts.F5Synth:
-    cfm = tts.load_cfm(tts.load_arch(str(root / "f5" / "arch.json")), root / "f5" / "model_tiny.safetensors",
-                       root / "f5" / "vocab.txt", "cpu", dtype)
-    return tts.F5Synth(cfm, tts.load_vocos(root / "vocos", "cpu"), "cpu", **kw)
+    arch = tts_load.load_arch(str(root / "f5" / "arch.json"))
+    cfm = tts_load.load_cfm(arch, root / "f5" / "model_tiny.safetensors", root / "f5" / "vocab.txt", "cpu",
+                            dtype)
+    return tts.F5Synth(cfm, tts_load.load_vocos(root / "vocos", "cpu"), "cpu", **kw)
 
 
 def _ref(seconds: float, rms: float, seed: int = 0) -> np.ndarray:
@@ -124,12 +125,12 @@ def test_multi_batch_equals_upstream_batches_cross_faded(root, upstream):
     ref, ref_text = _ref(6.0, 0.1, seed=5), "Hello there."
     text = "First sentence is here. Second one follows it. And a third, to be sure."
     synth = _synth(root)
-    plan = synth.plan(text, tts._normalize_ref_text(ref_text), 6.0, 1.0, 100)
+    plan = synth.plan(text, tts_text.normalize_ref_text(ref_text), 6.0, 1.0, 100)
     up_ref_text, up_batches = _upstream_batches(ref, ref_text, text)
     assert [b.gen_text for b in plan] == up_batches and len(plan) == 3
     waves = [_upstream_wave(upstream, ref, up_ref_text, [b.gen_text], seed=b.seed, nfe=4) for b in plan]
     got = np.concatenate(list(synth.synthesize(text, ref, ref_text, nfe_step=4, seed=100)))
-    want = tts.cross_fade_concat(waves, int(0.15 * tts.SAMPLE_RATE))
+    want = tts_text.cross_fade_concat(waves, int(0.15 * tts.SAMPLE_RATE))
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * float(np.abs(want).max()))
 
@@ -161,7 +162,7 @@ _TEXT_ALPHABET = st.sampled_from([*list("abc xyz,.;:!?"), "，", "。", "你", "
 def test_chunk_text_equals_upstream(text, max_chars):
     from f5_tts.infer.utils_infer import chunk_text
 
-    assert tts.chunk_text(text, max_chars) == chunk_text(text, max_chars=max_chars)
+    assert tts_text.chunk_text(text, max_chars) == chunk_text(text, max_chars=max_chars)
 
 
 class _EagerGraph:
@@ -274,10 +275,10 @@ def test_real_cuda_graphs_stay_right_after_their_capture_memory_is_reused(root):
     """A captured step reads the tensors it closed over (rotary table, buffers) at their capture-time
     addresses: once the allocator has handed freed memory to others, replays must still give the eager
     result (they gave NaN audio on an H200 while the graph did not keep its rotary table alive)."""
-    arch = tts.load_arch(str(root / "f5" / "arch.json"))
-    cfm = tts.load_cfm(arch, root / "f5" / "model_tiny.safetensors", root / "f5" / "vocab.txt", "cuda",
+    arch = tts_load.load_arch(str(root / "f5" / "arch.json"))
+    cfm = tts_load.load_cfm(arch, root / "f5" / "model_tiny.safetensors", root / "f5" / "vocab.txt", "cuda",
                        torch.float32)
-    vocos = tts.load_vocos(root / "vocos", "cuda")
+    vocos = tts_load.load_vocos(root / "vocos", "cuda")
     ref = _ref(1.0, 0.1, seed=12)
     eager = tts.F5Synth(cfm, vocos, "cuda")
     plain = np.concatenate(list(eager.synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=6, seed=4)))

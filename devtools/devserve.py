@@ -21,9 +21,11 @@ from pathlib import Path
 DEFAULT_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "tiny-models"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m devtools.devserve", description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=8000, help="port of the local API (default 8000)")
+def parse_args(argv: list[str] | None, prog: str = "python -m devtools.devserve", doc: str | None = None,
+               port_help: str = "port of the local API") -> argparse.Namespace:
+    """The dev servers' flags (this one's and ``devtools.serve_http``'s): --port, --host, --cache-dir."""
+    parser = argparse.ArgumentParser(prog=prog, description=(doc or __doc__).splitlines()[0])
+    parser.add_argument("--port", type=int, default=8000, help=f"{port_help} (default 8000)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--cache-dir", type=Path,
                         default=Path(os.environ.get("WORKER_TINY_CACHE") or DEFAULT_CACHE),

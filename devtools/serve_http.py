@@ -11,7 +11,6 @@ URLs on private addresses are allowed (WORKER_ALLOW_PRIVATE_URLS=1 unless set), 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -19,7 +18,7 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
-from devtools.devserve import DEFAULT_CACHE
+from devtools.devserve import parse_args
 
 # The clip and its transcript as f5_tts ships them (infer/examples/basic/basic.toml).
 DEFAULT_VOICE = "infer/examples/basic/basic_ref_en.wav"
@@ -39,19 +38,8 @@ def default_voices(cache_dir: Path) -> Path:
     return voices
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m devtools.serve_http",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=8000, help="port of the app and /ping (default 8000)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--cache-dir", type=Path,
-                        default=Path(os.environ.get("WORKER_TINY_CACHE") or DEFAULT_CACHE),
-                        help="where the tiny models are generated and kept (env WORKER_TINY_CACHE)")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv, "python -m devtools.serve_http", __doc__, "port of the app and /ping")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     os.environ.setdefault("WORKER_ALLOW_PRIVATE_URLS", "1")

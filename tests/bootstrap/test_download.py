@@ -173,13 +173,14 @@ def test_read_ahead_hands_out_a_complete_part_in_order_and_a_shrunk_one_restarts
 
     import pytest
 
-    from worker.bootstrap.download import StreamRestart, _ReadAhead
+    from worker.bootstrap.download import StreamRestart
+    from worker.bootstrap.stream import ReadAhead
 
     data = random.Random(7).randbytes(1_000_003)
     part = tmp_path / "part"
     part.write_bytes(data)
     with open(part, "rb") as fh:
-        ahead = _ReadAhead(fh.fileno(), 5, len(data), block=65_536, depth=4)
+        ahead = ReadAhead(fh.fileno(), 5, len(data), block=65_536, depth=4)
         got = bytearray()
         sizes = [1, 4096, 70_000, 131_072]
         while True:
@@ -191,7 +192,7 @@ def test_read_ahead_hands_out_a_complete_part_in_order_and_a_shrunk_one_restarts
         ahead.close()
     assert bytes(got) == data[5:]
     with open(part, "rb") as fh:
-        ahead = _ReadAhead(fh.fileno(), 0, len(data) + 100_000, block=65_536, depth=4)  # it shrank
+        ahead = ReadAhead(fh.fileno(), 0, len(data) + 100_000, block=65_536, depth=4)  # it shrank
         with pytest.raises(StreamRestart, match="shrank"):
             while ahead.readinto(memoryview(bytearray(1 << 20))):
                 pass

@@ -29,14 +29,13 @@ import queue
 import sys
 import tarfile
 import threading
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import BootstrapError
+from .writers import CREATE, Writers, set_meta, write_all, write_small
 
 log = logging.getLogger("extract")
 
@@ -154,75 +153,6 @@ class _Forward:
         return self.pos
 
 
-class _Writers:
-    """A few threads that create and fill files (the syscalls release the GIL), so file creation
-    overlaps header parsing and decompression. Bounded by bytes in flight; errors surface in order."""
-
-    def __init__(self, threads: int = 3, max_bytes: int = 64 << 20) -> None:
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="write")
-        self.pending: deque[tuple[Future[None], int, str]] = deque()
-        self.in_flight = 0
-        self.max_bytes = max_bytes
-
-    def submit(self, name: str, size: int, fn: Callable[..., None], *args: object) -> None:
-        while self.pending and (self.in_flight + size > self.max_bytes or len(self.pending) > 512):
-            self._reap_one()
-        self.pending.append((self.pool.submit(fn, *args), size, name))
-        self.in_flight += size
-
-    def _reap_one(self) -> None:
-        future, size, name = self.pending.popleft()
-        self.in_flight -= size
-        try:
-            future.result()
-        except OSError as exc:
-            raise _write_error(name, exc) from None
-
-    def drain(self) -> None:
-        while self.pending:
-            self._reap_one()
-
-    def close(self) -> None:
-        for future, _, _ in self.pending:
-            future.cancel()
-        self.pool.shutdown(wait=True)
-
-
-# A new file only: never follow a link or reuse a name another member (or an attacker) put there.
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _set_meta(fd: int, mode: int, mtime_ns: int | None) -> None:
-    if mode & ~_UMASK != mode:  # bits the umask dropped at creation
-        os.fchmod(fd, mode)
-    if mtime_ns is not None:
-        os.utime(fd, ns=(mtime_ns, mtime_ns))
-
-
-def _write_small(path: str, data: bytes, mode: int, mtime_ns: int | None) -> None:
-    fd = os.open(path, _CREATE, mode)
-    try:
-        _write_all(fd, data)
-        _set_meta(fd, mode, mtime_ns)
-    finally:
-        os.close(fd)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
 def _q(text: str, keep: int = 80) -> str:
     """An archive's name or link target, quoted for a message: never more than ~100 characters."""
     if len(text) <= keep:
@@ -279,7 +209,7 @@ class Extractor:
         self._prefix = str(root) + os.sep
         self._fwd: _Forward | None = None
         self._hardlinks: list[tuple[str, str]] = []
-        self._writers = _Writers()
+        self._writers = Writers(on_error=_write_error)
 
     def run(self, compressed: BinaryIO) -> ExtractStats:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -401,7 +331,7 @@ class Extractor:
             data = src.read(m.size)
             if len(data) != m.size:
                 raise ExtractError(f"the archive ends inside {_q(rel)}")
-            self._writers.submit(rel, m.size, _write_small, target, data, mode, mtime_ns)
+            self._writers.submit(rel, m.size, write_small, target, data, mode, mtime_ns)
         else:
             self._write_large(src, m.size, rel, target, mode, mtime_ns)
         self._files.add(rel)
@@ -410,16 +340,16 @@ class Extractor:
 
     def _write_large(self, src: BinaryIO, size: int, rel: str, target: str, mode: int,
                      mtime_ns: int | None) -> None:
-        fd = os.open(target, _CREATE, mode)
+        fd = os.open(target, CREATE, mode)
         try:
             remaining = size
             while remaining > 0:
                 chunk = src.read(min(_CHUNK, remaining))
                 if not chunk:
                     raise ExtractError(f"the archive ends inside {_q(rel)}")
-                _write_all(fd, chunk)
+                write_all(fd, chunk)
                 remaining -= len(chunk)
-            _set_meta(fd, mode, mtime_ns)
+            set_meta(fd, mode, mtime_ns)
         finally:
             os.close(fd)
 

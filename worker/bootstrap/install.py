@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from .config import Config
 from .errors import BootstrapError
 from .layout import INSTALL_ID_FILE, Layout
 from .lease import InUse, Lease, LeaseLost
+from .progress import Progress
 
 log = logging.getLogger("install")
 mlog = logging.getLogger("manifest")
@@ -296,7 +296,7 @@ def extract_and_commit(config: Config, layout: Layout, manifest: Manifest, env_d
     from . import gc
     from .relocate import relocate
 
-    reporter = _Progress(downloads, config.progress_s, lease)
+    reporter = Progress(downloads, config.progress_s, lease)
     try:
         try:
             with Phase("download"):
@@ -340,12 +340,13 @@ def _check_space(config: Config, layout: Layout, manifest: Manifest, env_dir: Pa
 
 
 def _extract_verified(layout: Layout, manifest: Manifest, env_dir: Path, downloads: Any, lease: Lease,
-                      reporter: _Progress) -> tuple[str, Any]:
+                      reporter: Progress) -> tuple[str, Any]:
     from artifact.files import sha256_file
 
     from . import gc
-    from .download import ArchiveStream, StreamRestart
+    from .download import StreamRestart
     from .extract import ExtractError, Extractor
+    from .stream import ArchiveStream
 
     for round_ in range(1, MAX_EXTRACT_ROUNDS + 1):
         install_id = commit_phase.new_install_id(env_dir)
@@ -387,41 +388,6 @@ def _extract_verified(layout: Layout, manifest: Manifest, env_dir: Path, downloa
             break
     raise BootstrapError("download", f"the archive did not verify after {MAX_EXTRACT_ROUNDS} rounds",
                          "the volume or the network corrupts data: check the volume, then retry")
-
-
-class _Progress:
-    """A progress line every few seconds (bytes, MB/s, ETA), also published to lease waiters."""
-
-    def __init__(self, downloads: Any, every_s: float, lease: Lease) -> None:
-        self.downloads = downloads
-        self.every_s = every_s
-        self.lease = lease
-        self.extractor: Any = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        dlog = logging.getLogger("download")
-        total = max(1, self.downloads.total)
-        last_t, last_b = time.monotonic(), self.downloads.on_disk
-        while not self._stop.wait(self.every_s):
-            now, done = time.monotonic(), self.downloads.on_disk
-            rate = (done - last_b) / max(1e-6, now - last_t)
-            last_t, last_b = now, done
-            eta = f"{(total - done) / rate:.0f} s" if rate > 0 else "?"
-            msg = (f"{done / 1e6:,.1f} of {total / 1e6:,.1f} MB ({100 * done / total:.0f}%), "
-                   f"{rate / 1e6:.1f} MB/s, ETA {eta}")
-            if self.extractor is not None:
-                st = self.extractor.stats
-                msg += f"; extracted {st.files:,} files ({st.bytes / 1e6:,.1f} MB)"
-            dlog.info("%s", msg)
-            self.lease.set_progress({"message": msg, "bytes": done, "total": total, "time": time.time()})
 
 
 def record_run(layout: Layout, doc: dict[str, Any]) -> None:

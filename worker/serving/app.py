@@ -18,9 +18,7 @@ stops at its next check (an ODE step, a batch, a stage) and frees the slot.
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
-import json
 import logging
 import threading
 import time
@@ -35,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from worker.serving import openai_api
+from worker.serving.bodies import AudioStream, JobStream, read_form, read_json
 from worker.serving.encode import MIME, StreamEncoder, encode_whole
 from worker.serving.errors import ApiError
 from worker.serving.state import WorkerState
@@ -162,7 +161,7 @@ def build_app(state: WorkerState, settings: ServingSettings) -> Starlette:
 
     async def speech(request: Request) -> Response:
         service = ready()
-        body = await _json(request, service.limits.max_audio_bytes * 4 // 3 + 1_000_000)
+        body = await read_json(request, service.limits.max_audio_bytes * 4 // 3 + 1_000_000)
         call, issues = openai_api.speech_call(body)
         tts = service.checked(call.job, openai_api.SPEECH_NAMES, issues)
         issues.raise_any()
@@ -214,11 +213,11 @@ def build_app(state: WorkerState, settings: ServingSettings) -> Starlette:
             finally:
                 watcher.cancel()
             return Response(data, media_type=MIME[call.response_format])
-        return _AudioStream(run, watcher, call.response_format, call.stream_format == "sse", request_id)
+        return AudioStream(run, watcher, call.response_format, call.stream_format == "sse", request_id)
 
     async def transcriptions(request: Request) -> Response:
         service = ready()
-        fields, audio = await _form(request, service.limits.max_audio_bytes + 1_000_000)
+        fields, audio = await read_form(request, service.limits.max_audio_bytes + 1_000_000)
         call, issues = openai_api.transcription_call(fields, audio)
         asr = service.checked(call.job, openai_api.TRANSCRIBE_NAMES, issues)
         issues.raise_any()
@@ -241,7 +240,7 @@ def build_app(state: WorkerState, settings: ServingSettings) -> Starlette:
             service = ready()
         except ApiError as err:  # the native route answers in the queue handler's shape
             return JSONResponse({"error": err.message}, err.status, headers=err.headers)
-        body = await _json(request, service.limits.max_audio_bytes * 4 // 3 + 1_000_000)
+        body = await read_json(request, service.limits.max_audio_bytes * 4 // 3 + 1_000_000)
         job_input = body.get("input") if isinstance(body, dict) else None
         job_id = str(body.get("id") or f"http-{next(_ids)}") if isinstance(body, dict) else "http"
         run = run_or_429()
@@ -274,7 +273,7 @@ def build_app(state: WorkerState, settings: ServingSettings) -> Starlette:
             watcher.cancel()
             status, out = service.job_failure(value, job_id) if kind == "error" else (499, {})
             return JSONResponse(out, status)
-        return _JobStream(run, watcher, value)
+        return JobStream(run, watcher, value)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
@@ -314,122 +313,3 @@ def _failure(service: Any, kind: str, value: Any, names: dict, request_id: str) 
     if kind == "error":
         return service.failure(value, names, request_id)
     return ApiError(499, "client: disconnected", None, "client_disconnected")
-
-
-async def _body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"the body is {declared} bytes; the limit is {limit}", None, "body_too_large")
-    data = bytearray()
-    async for part in request.stream():
-        data += part
-        if len(data) > limit:
-            raise ApiError(413, f"the body is over the limit of {limit} bytes", None, "body_too_large")
-    return bytes(data)
-
-
-async def _json(request: Request, limit: int) -> Any:
-    data = await _body(request, limit)
-    try:
-        return json.loads(data)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise ApiError(400, f"the body is not JSON ({err})", None, "invalid_json") from None
-
-
-async def _form(request: Request, limit: int) -> tuple[dict[str, list[Any]], bytes | None]:
-    """The multipart fields (strings) and the bytes of ``file``, read within ``limit`` bytes."""
-    if not request.headers.get("content-type", "").startswith(("multipart/form-data",
-                                                               "application/x-www-form-urlencoded")):
-        raise ApiError(400, "the body must be multipart/form-data with the audio in 'file'", None,
-                       "invalid_content_type")
-    data = await _body(request, limit)
-
-    async def replay() -> dict:
-        return {"type": "http.request", "body": data, "more_body": False}
-
-    try:
-        form = await Request(request.scope, replay).form(max_files=1, max_fields=32,
-                                                         max_part_size=1024 * 1024)
-    except (HTTPException, ValueError, KeyError) as err:
-        raise ApiError(400, f"the multipart body does not parse ({getattr(err, 'detail', err)})", None,
-                       "invalid_form") from None
-    fields: dict[str, list[Any]] = {}
-    audio = None
-    try:
-        for key, value in form.multi_items():
-            if key == "file" and not isinstance(value, str):
-                audio = await value.read()
-            elif isinstance(value, str):
-                fields.setdefault(key, []).append(value)
-            else:
-                fields.setdefault(key, []).append("<a file>")
-    finally:
-        await form.close()
-    return fields, audio
-
-
-class _AudioStream(Response):
-    """The audio bytes as they are made: raw (``stream_format: audio``) or as SSE events."""
-
-    def __init__(self, run: _Run, watcher: asyncio.Task, fmt: str, sse: bool, request_id: str) -> None:
-        super().__init__(media_type="text/event-stream" if sse else MIME[fmt])
-        self.run, self.watcher, self.sse, self.request_id = run, watcher, sse, request_id
-        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
-        self.raw_headers.append((b"cache-control", b"no-cache"))
-
-    async def __call__(self, scope, receive, send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        try:
-            while True:
-                kind, value = await self.run.next()
-                if kind == "data":
-                    body = (_event({"type": "speech.audio.delta", "audio": base64.b64encode(value).decode()})
-                            if self.sse else value)
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                elif kind == "end":
-                    tail = _event({"type": "speech.audio.done"}) if self.sse else b""
-                    await send({"type": "http.response.body", "body": tail, "more_body": False})
-                    return
-                elif kind == "error":
-                    log.error("serving: %s failed while streaming: %s", self.request_id, value)
-                    if not self.sse:
-                        raise RuntimeError(f"{self.request_id}: stream cut: {value}") from value
-                    await send({"type": "http.response.body", "body": _event(
-                        {"type": "error", "error": {"message": str(value), "type": "server_error"}}),
-                        "more_body": False})
-                    return
-                else:  # the client is gone
-                    log.info("serving: %s: the client went away mid-stream (%s); stopping its work",
-                             self.request_id, kind)
-                    return
-        finally:
-            self.run.cancel.set()
-            self.watcher.cancel()
-
-
-class _JobStream(Response):
-    """A native streamed job: one JSON item per line (NDJSON), as the queue handler yields them."""
-
-    def __init__(self, run: _Run, watcher: asyncio.Task, first: dict) -> None:
-        super().__init__(media_type="application/x-ndjson")
-        self.run, self.watcher, self.first = run, watcher, first
-        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
-
-    async def __call__(self, scope, receive, send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        try:
-            item: Any = self.first
-            while True:
-                await send({"type": "http.response.body", "body": json.dumps(item).encode() + b"\n",
-                            "more_body": True})
-                kind, item = await self.run.next()
-                if kind != "item":
-                    break
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            self.run.cancel.set()
-            self.watcher.cancel()
-
-
-def _event(data: dict) -> bytes:
-    return b"data: " + json.dumps(data).encode() + b"\n\n"

@@ -131,15 +131,3 @@ def test_a_deeply_nested_manifest_says_so() -> None:
     with pytest.raises(ManifestError, match="nests deeper than the parser can follow"):
         parse_manifest("[" * 100_000 + "]" * 100_000)
 
-
-def test_the_former_path_is_the_contract_itself() -> None:
-    """``worker.bootstrap.manifest`` (named by external tools) re-exports the contract: the same objects,
-    so a manifest read through either path is one type."""
-    import artifact.files
-    import artifact.manifest
-    from worker.bootstrap import manifest as former
-
-    for name in former.__all__:
-        source = artifact.files if hasattr(artifact.files, name) else artifact.manifest
-        assert getattr(former, name) is getattr(source, name), name
-    assert former.Manifest is artifact.manifest.Manifest

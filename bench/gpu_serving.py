@@ -300,7 +300,8 @@ def serve_and_measure(models: dict, device: str, runs: int, concurrency: list[in
     # The worker, as the installer execs it, but with f5_tts's inference modules imported as
     # bench/gpu_tts.py imports them (the GPU image lacks the trainer's packages; see its docstring).
     paths = [str(ROOT), str(ROOT / "bench")]
-    launcher = (f"import sys, runpy; sys.path[:0] = {paths!r}; import gpu_tts; gpu_tts.import_f5_for_inference(); "
+    launcher = (f"import sys, runpy; sys.path[:0] = {paths!r}; import gpu_tts; "
+                "gpu_tts.import_f5_for_inference(); "
                 "runpy.run_module('worker', run_name='__main__', alter_sys=True)")
     t0 = time.perf_counter()
     with open(log, "w") as log_file:
@@ -429,7 +430,7 @@ def concurrent_speech(base: str, body: dict, n: int, rounds: int) -> dict:
 
 
 def _p95(sorted_values: list[float]) -> float:
-    return sorted_values[min(len(sorted_values) - 1, int(round(0.95 * (len(sorted_values) - 1))))]
+    return sorted_values[min(len(sorted_values) - 1, round(0.95 * (len(sorted_values) - 1)))]
 
 
 # ----------------------------------------------------------------------------------------------- check
@@ -521,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, __file__, "--part", part, "--runs", str(args.runs), "--batch-size",
                    str(args.batch_size), "--cache", str(args.cache), "--json-out", str(out),
                    "--concurrency", *map(str, args.concurrency),
-                   "--first-chunk-chars", *map(str, args.first_chunk_chars), *(["--tiny"] if args.tiny else [])]
+                   "--first-chunk-chars", *map(str, args.first_chunk_chars),
+                   *(["--tiny"] if args.tiny else [])]
             code = subprocess.call(cmd)
             results[part] = json.loads(out.read_text()) if out.exists() else {"failed": code}
         write(results, args.json_out)

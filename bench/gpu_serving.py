@@ -347,6 +347,10 @@ def serve_and_measure(models: dict, device: str, runs: int, concurrency: list[in
             out["speech_whole"] = summarize(unstreamed)
             print(f"# http speech, whole file: {out['speech_whole']['total_s']:.3f} s", flush=True)
 
+            if models.get("skip_transcription"):
+                out["concurrent"] = {}
+                out["gpu_mem_peak_mib"] = mem.peak(mark)
+                return out
             wav = work / "speech60.wav"
             sf.write(wav, speech_60s(), 16_000)
             times = []
@@ -505,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="F5_FIRST_CHUNK_CHARS per worker started (the first: the whole suite)")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench-serving")
     ap.add_argument("--cublas13-shim", action="store_true")
+    ap.add_argument("--worker-env", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="more variables for the http part's workers (F5_COMPILE=1, ...)")
+    ap.add_argument("--skip-transcription", action="store_true",
+                    help="http part: no transcription requests (a run about synthesis only)")
     ap.add_argument("--json-out", type=Path)
     args = ap.parse_args(argv)
     device = "cpu" if args.tiny else "cuda"
@@ -523,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
                    str(args.batch_size), "--cache", str(args.cache), "--json-out", str(out),
                    "--concurrency", *map(str, args.concurrency),
                    "--first-chunk-chars", *map(str, args.first_chunk_chars),
-                   *(["--tiny"] if args.tiny else [])]
+                   *(["--tiny"] if args.tiny else []), "--worker-env", *args.worker_env,
+                   *(["--skip-transcription"] if args.skip_transcription else [])]
             code = subprocess.call(cmd)
             results[part] = json.loads(out.read_text()) if out.exists() else {"failed": code}
         write(results, args.json_out)
@@ -537,8 +546,11 @@ def main(argv: list[str] | None = None) -> int:
         result = part_asr(models, device, args.runs, args.batch_size)
     else:
         work = args.cache / "http-work"
+        models["env"].update(dict(item.split("=", 1) for item in args.worker_env))
+        models["skip_transcription"] = args.skip_transcription
         result = part_http(models, device, args.runs, args.concurrency, args.first_chunk_chars, work,
                            args.cache / "http-worker.log")
+        result["worker_env"] = args.worker_env
     result["cublas13_shim"] = bool(os.environ.get("GPU_SERVING_SHIM"))
     write(result, args.json_out)
     return 0

@@ -15,7 +15,8 @@ nothing is downloaded) or a Hugging Face repo id pinned by revision, downloaded 
 | F5_DTYPE | auto | float16 (auto on cuda), bfloat16 or float32 (auto on cpu) for the DiT; vocos stays fp32 |
 | F5_SAMPLER | fast | fast (the engine's own ODE loop) or upstream (f5_tts CFM.sample, for comparison) |
 | F5_CUDA_GRAPHS | 1 | capture one ODE step per padded-length bucket as a CUDA graph (cuda only) |
-| F5_COMPILE | 0 | torch.compile the DiT step inside the graphs (mode: F5_COMPILE_MODE, default) |
+| F5_COMPILE | 0 | torch.compile the DiT step in the graphs (F5_COMPILE_MODE, default); needs a C compiler |
+| TORCHINDUCTOR_CACHE_DIR | <volume>/cache/torchinductor | F5_COMPILE=1: the compiled kernels' cache |
 | F5_BUCKET_FRAMES | 64 | cuda: pad mel length to a multiple of this (masked), so graphs are reused |
 | F5_LENGTH_SNAP | 0 | cuda: round a batch's length up to the bucket instead (no mask; <= 1 bucket longer) |
 | F5_FIRST_CHUNK_CHARS | 0 | >0: the first text batch holds at most this many bytes (earlier stream start) |
@@ -122,6 +123,7 @@ class WorkerConfig:
     f5_cuda_graphs: bool = True
     f5_compile: bool = False
     f5_compile_mode: str = "default"
+    compile_cache_dir: Path | None = None  # None: <volume>/cache/torchinductor
     f5_bucket_frames: int = 64
     f5_length_snap: bool = False
     f5_first_chunk_chars: int = 0
@@ -171,6 +173,9 @@ class WorkerConfig:
             f5_cuda_graphs=_flag(env, "F5_CUDA_GRAPHS", True),
             f5_compile=_flag(env, "F5_COMPILE", False),
             f5_compile_mode=env.get("F5_COMPILE_MODE", "").strip() or "default",
+            # Read here, before torch is imported: inductor writes its own default into the variable.
+            compile_cache_dir=Path(env["TORCHINDUCTOR_CACHE_DIR"].strip())
+            if env.get("TORCHINDUCTOR_CACHE_DIR", "").strip() else None,
             f5_bucket_frames=_int(env, "F5_BUCKET_FRAMES", 64, minimum=1),
             f5_length_snap=_flag(env, "F5_LENGTH_SNAP", False),
             f5_first_chunk_chars=_int(env, "F5_FIRST_CHUNK_CHARS", 0),

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from worker.config import WorkerConfig
+from worker.config import ConfigError, WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,8 @@ class Engine:
         paths = resolve_models(config) if paths is None else paths
         go_offline()
         _use_nltk_dir(config)
+        if config.f5_compile:
+            prepare_compile(config)
         dtype = tts._resolve_dtype(config.f5_dtype, device)
         cfm = tts.load_cfm(tts.load_arch(config.f5_arch), paths["ckpt"], paths["vocab"], device, dtype)
         vocos = tts.load_vocos(paths["vocoder"], device)
@@ -276,7 +280,6 @@ def _resample(audio: np.ndarray, src: int, dst: int) -> np.ndarray:
 def resolve_models(config: WorkerConfig) -> dict[str, object]:
     """Every model spec of the config -> a local path (downloading pinned hub revisions once)."""
     from importlib.resources import files
-    from pathlib import Path
 
     from worker import model_files
     from worker.config import WHISPERX_DEFAULT
@@ -329,6 +332,38 @@ def _ckpt_file(path):
 
 def _vocab_file(path):
     return path / "vocab.txt" if path.is_dir() else path
+
+
+def find_c_compiler() -> str | None:
+    """What triton builds its kernel launcher with (triton/runtime/build.py looks for the same)."""
+    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang") or shutil.which("cc")
+
+
+def prepare_compile(config: WorkerConfig) -> Path | None:
+    """For F5_COMPILE=1: refuse at startup, naming the variable, when no C compiler is there (triton
+    compiles its launcher on first use, so the failure would otherwise come in the warm-up as a long
+    traceback; the slim image has none unless the env brings one), then place the kernel cache."""
+    if not find_c_compiler():
+        raise ConfigError("config: F5_COMPILE=1 needs a C compiler (CC, gcc or clang on PATH): "
+                          "torch.compile's GPU kernels (triton) build their launcher with it; add "
+                          "conda-forge's gcc to environment.yml, or unset F5_COMPILE")
+    return use_compile_cache(config.volume, config.compile_cache_dir)
+
+
+def use_compile_cache(volume: Path, chosen: Path | None = None) -> Path | None:
+    """torch.compile's kernels (inductor's and triton's) cached at ``chosen`` (TORCHINDUCTOR_CACHE_DIR as
+    the worker started with it) or ``<volume>/cache/torchinductor``, so the first worker on a volume
+    compiles and the next ones load its kernels (inductor writes each entry atomically, so workers can
+    share it). A directory that cannot be made leaves inductor's default (the container's /tmp)."""
+    cache = Path(chosen) if chosen else Path(volume) / "cache" / "torchinductor"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("engine: no compile cache at %s (%s); every worker compiles for itself", cache, exc)
+        return None
+    # Set even when the variable holds a value: inductor writes its /tmp default there once it has run.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+    return cache
 
 
 def _use_nltk_dir(config: WorkerConfig) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,49 @@ def test_volume_follows_the_installer_unless_set():
     env = {"BOOTSTRAP_VOLUME": "/var/tmp/vol", "WORKER_VOLUME": "/data"}
     assert WorkerConfig.from_env(env).volume == Path("/data")
     assert JobLimits.from_env({"BOOTSTRAP_VOLUME": "/var/tmp/vol"}).voices_dir == Path("/var/tmp/vol/voices")
+
+
+def test_compiled_kernels_are_cached_on_the_volume(tmp_path, monkeypatch) -> None:
+    from worker.engine import use_compile_cache
+
+    # As inductor leaves it once it has run: its own default written into the variable.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_someone")
+    cache = use_compile_cache(tmp_path / "volume")
+    assert cache == tmp_path / "volume" / "cache" / "torchinductor" and cache.is_dir()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache)
+
+
+def test_a_compile_cache_the_user_set_wins(tmp_path, monkeypatch) -> None:
+    from worker.engine import use_compile_cache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_someone")
+    config = WorkerConfig.from_env({"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "mine")})
+    assert use_compile_cache(tmp_path / "volume", config.compile_cache_dir) == tmp_path / "mine"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+    assert not (tmp_path / "volume").exists()
+    assert WorkerConfig.from_env({}).compile_cache_dir is None
+
+
+def test_a_volume_that_refuses_the_cache_leaves_inductor_s_default(tmp_path, monkeypatch, caplog) -> None:
+    from worker.engine import use_compile_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    (tmp_path / "volume").write_text("a file where the volume should be")
+    with caplog.at_level("WARNING"):
+        assert use_compile_cache(tmp_path / "volume") is None
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    assert "every worker compiles for itself" in caplog.text
+
+
+def test_compiling_without_a_c_compiler_is_refused_naming_the_variable(tmp_path, monkeypatch) -> None:
+    # Triton builds its kernel launcher with a C compiler on first use; the slim image has none.
+    from worker.engine import prepare_compile
+
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no gcc, clang or cc here
+    config = WorkerConfig.from_env({"F5_COMPILE": "1", "WORKER_VOLUME": str(tmp_path / "vol")})
+    with pytest.raises(ConfigError, match="F5_COMPILE=1 needs a C compiler"):
+        prepare_compile(config)
+    assert not (tmp_path / "vol").exists()
+    monkeypatch.setenv("CC", "/usr/bin/gcc")
+    assert prepare_compile(config) == tmp_path / "vol" / "cache" / "torchinductor"

@@ -363,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="client counts (e.g. 1 4 8 16): concurrent requests through the batching engine "
                          "against the same requests one after another (NFE 32)")
     ap.add_argument("--only-batched", action="store_true", help="skip everything but --batched")
+    ap.add_argument("--batched-text", choices=("long", "short"), default="long",
+                    help="the ~11 s text (one bucket), or a ~2.4 s one")
     args = ap.parse_args(argv)
     started = time.monotonic()
 
@@ -400,7 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     state: dict = {"last_audio": None, "up_audio": {}}
     if args.batched:
         try:
-            results["batched"] = measure_batched(paths, device, ref, args.batched, max(2, args.runs // 2))
+            text = SHORT_TEXT if args.batched_text == "short" else GEN_TEXT
+            results["batched"] = measure_batched(paths, device, ref, args.batched, max(2, args.runs // 2),
+                                                 text=text)
+            results["batched"]["text"] = args.batched_text
         except Exception as exc:
             results["batched"] = {"error": f"{type(exc).__name__}: {str(exc)[:400]}"}
         save()
@@ -436,8 +441,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# --batched-text short: ~2.4 s of speech at this reference's pace, where one request leaves the GPU
+# idle between kernels (batching's case), against GEN_TEXT's ~11 s.
+SHORT_TEXT = "Nature is patient, and she is kind."
+
+
 def measure_batched(paths: dict, device: str, ref: np.ndarray, clients: list[int], rounds: int,
-                    nfe: int = 32) -> dict:
+                    nfe: int = 32, text: str = GEN_TEXT) -> dict:
     """N clients at once, each sending 3 requests one after the other, through the default engine with
     batching (worker/engine/batching.py), against the same requests served one at a time with batching off;
     each request its own seed, the same ~11 s text (so one bucket: batching's best case). Latency: from
@@ -462,7 +472,7 @@ def measure_batched(paths: dict, device: str, ref: np.ndarray, clients: list[int
     batched, plain = make(max(2, *clients)), make(1)
 
     def one(synth, seed: int) -> int:
-        return sum(len(c) for c in synth.synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=nfe, seed=seed))
+        return sum(len(c) for c in synth.synthesize(text, ref, REF_TEXT, nfe_step=nfe, seed=seed))
 
     per_client = 3  # each client sends its next request when the last one is done (a closed loop)
 
@@ -533,7 +543,7 @@ def measure_batched(paths: dict, device: str, ref: np.ndarray, clients: list[int
     got: dict[int, np.ndarray] = {}
 
     def keep(seed: int) -> None:
-        got[seed] = np.concatenate(list(batched.synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=nfe, seed=seed)))
+        got[seed] = np.concatenate(list(batched.synthesize(text, ref, REF_TEXT, nfe_step=nfe, seed=seed)))
 
     batched.gatherer.runs = []
     threads = [threading.Thread(target=keep, args=(seed,)) for seed in range(4)]
@@ -543,7 +553,7 @@ def measure_batched(paths: dict, device: str, ref: np.ndarray, clients: list[int
         t.join()
     diffs = []
     for seed, audio in sorted(got.items()):
-        alone = np.concatenate(list(plain.synthesize(GEN_TEXT, ref, REF_TEXT, nfe_step=nfe, seed=seed)))
+        alone = np.concatenate(list(plain.synthesize(text, ref, REF_TEXT, nfe_step=nfe, seed=seed)))
         same = len(alone) == len(audio)
         diffs.append({"seed": seed, "same_length": same, "finite": bool(np.isfinite(audio).all()),
                       "max_abs_diff_over_peak": float(np.abs(audio - alone).max() / np.abs(alone).max())

@@ -6,9 +6,46 @@
 # under the 64 MiB a device call may carry. On the GPU machine:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
 #     .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && python3 bench/gpu_tts.py
+#
+# `bench/gpu_wheels.sh serving`: the second set bench/gpu_serving.py needs on top (CTranslate2, PyAV,
+# faster-whisper, pyannote-audio and its chain, starlette, uvicorn, python-multipart: the lock's
+# versions), in .gpu2/ (add `/.gpu2/` to .git/info/exclude): CTranslate2 and PyAV as `xz -9` tars of their
+# installed files (24.7 MB each instead of 43 and 36 MB of wheel), the rest as wheels, so the set fits one
+# call beside the tree. Carry .gpu2 in one call and .whl plus .gpu2/wheels in the next, and install
+# all wheels with ONE pip command (`--target` replaces a shared namespace directory such as
+# opentelemetry/ per command, so two commands lose the first one's half):
+#   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site2 .whl/*.whl .gpu2/wheels/*.whl
+#   for f in .gpu2/*.tar.xz; do python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall('/tmp/site2')" $f; done
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 py=${PYTHON:-.venv/bin/python}
+if [ "${1:-}" = serving ]; then
+  dest=.gpu2 tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  rm -rf "$dest" && mkdir -p "$dest/wheels"
+  "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d "$tmp" ctranslate2==4.8.5 av==18.1.0 \
+    faster-whisper==1.2.1 pyannote-audio==4.0.7 asteroid-filterbanks==0.4.0 \
+    opentelemetry-exporter-otlp==1.45.2 opentelemetry-exporter-otlp-proto-grpc==1.45.2 \
+    opentelemetry-exporter-otlp-common==0.66b2 opentelemetry-sdk==1.45.2 \
+    opentelemetry-semantic-conventions==0.66b2 opentelemetry-exporter-otlp-proto-common==1.45.2 \
+    opentelemetry-proto==1.45.2 opentelemetry-exporter-otlp-proto-http==1.45.2 \
+    opentelemetry-exporter-http-transport==0.66b2 pyannote-core==6.1.0 pyannote-database==6.1.1 \
+    pyannote-metrics==4.2.0 pyannote-pipeline==4.1.0 optuna==5.0.0 alembic==1.20.1 sqlalchemy==2.1.9 \
+    mako==1.4.3 tomli==2.5.0 colorlog==6.12.0 pyannoteai-sdk==0.4.0 pytorch-metric-learning==2.9.0 \
+    torch-audiomentations==0.12.0 julius==0.2.8 torch-pitch-shift==1.2.5 primepy==1.3 \
+    starlette==1.10.0 uvicorn==0.54.0 python-multipart==0.0.34
+  for name in ctranslate2 av; do
+    mkdir "$tmp/$name.x" && (cd "$tmp/$name.x" && unzip -q "$tmp"/"$name"-*.whl)
+    tar -C "$tmp/$name.x" -cf - . | xz -9 -T2 >"$dest/$name.tar.xz"
+    rm "$tmp"/"$name"-*.whl
+  done
+  mv "$tmp"/*.whl "$dest/wheels/"
+  total=$(du -cb "$dest"/*.tar.xz "$dest"/wheels/*.whl | tail -1 | cut -f1)
+  echo "gpu_wheels serving: $((total / 1024 / 1024)) MiB in $dest" >&2
+  exit 0
+fi
 dest=.whl
 rm -rf "$dest" && mkdir -p "$dest"
 platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64

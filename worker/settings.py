@@ -23,7 +23,8 @@ downloaded once onto the volume.
 | F5_DTYPE | auto | float16 (auto on cuda), bfloat16 or float32 (auto on cpu) for the DiT; vocos stays fp32 |
 | F5_SAMPLER | fast | fast (the engine's own ODE loop) or upstream (f5_tts CFM.sample, for comparison) |
 | F5_CUDA_GRAPHS | 1 | capture one ODE step per padded-length bucket as a CUDA graph (cuda only) |
-| F5_COMPILE | 0 | torch.compile the DiT step inside the graphs (mode: F5_COMPILE_MODE, default) |
+| F5_COMPILE | 0 | torch.compile the DiT step in the graphs (F5_COMPILE_MODE, default); needs a C compiler |
+| TORCHINDUCTOR_CACHE_DIR | <volume>/cache/torchinductor | F5_COMPILE=1: the compiled kernels' cache |
 | F5_BUCKET_FRAMES | 64 | cuda: pad mel length to a multiple of this (masked), so graphs are reused |
 | F5_LENGTH_SNAP | 0 | cuda: round a batch's length up to the bucket instead (no mask; <= 1 bucket longer) |
 | F5_FIRST_CHUNK_CHARS | 0 | >0: the first text batch holds at most this many bytes (earlier stream start) |
@@ -218,6 +219,7 @@ class EngineSettings:
     f5_cuda_graphs: bool = True
     f5_compile: bool = False
     f5_compile_mode: str = "default"
+    compile_cache_dir: Path | None = None  # None: <volume>/cache/torchinductor (worker/engine/compile_cache)
     f5_bucket_frames: int = 64
     f5_length_snap: bool = False
     f5_first_chunk_chars: int = 0
@@ -260,6 +262,7 @@ class EngineSettings:
                     f"{default_language} (WhisperX's default) or {default_language}=<dir or hf:repo@rev>",
                     default_language)
         nltk = _text(env, "NLTK_DATA")
+        kernels = _text(env, "TORCHINDUCTOR_CACHE_DIR")  # read before torch: inductor writes its default in
         return cls(
             volume=volume,
             device=_choice(env, "WORKER_DEVICE", d.device, ("auto", "cuda", "cpu")),
@@ -272,6 +275,7 @@ class EngineSettings:
             f5_cuda_graphs=_flag(env, "F5_CUDA_GRAPHS", d.f5_cuda_graphs),
             f5_compile=_flag(env, "F5_COMPILE", d.f5_compile),
             f5_compile_mode=_text(env, "F5_COMPILE_MODE", d.f5_compile_mode),
+            compile_cache_dir=Path(kernels) if kernels else None,
             f5_bucket_frames=_number(env, "F5_BUCKET_FRAMES", d.f5_bucket_frames, 1, int),
             f5_length_snap=_flag(env, "F5_LENGTH_SNAP", d.f5_length_snap),
             f5_first_chunk_chars=_number(env, "F5_FIRST_CHUNK_CHARS", d.f5_first_chunk_chars, 0, int),

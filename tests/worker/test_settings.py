@@ -3,6 +3,7 @@ variable; and the reference-length cap reaching the engine."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,6 @@ def test_align_models_parse():
 
 
 def _run_worker(env_extra: dict[str, str], tmp_path: Path):
-    import os
     import subprocess
     import sys
 

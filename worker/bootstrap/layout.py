@@ -11,6 +11,7 @@
     <volume>/manifests/<sha256>.json        pinned manifests seen before (a warm start reads no URL)
     <volume>/trash/                         trees being deleted (deleted again at every start)
     <volume>/models/                        owned by the worker
+    <volume>/cache/                         owned by the worker (F5_COMPILE=1: compiled kernels)
 """
 
 from __future__ import annotations

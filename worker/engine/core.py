@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -124,7 +125,7 @@ class Engine:
     @classmethod
     def load(cls, config: EngineSettings, paths: dict[str, object] | None = None) -> Engine:
         """Loads every model; ``paths`` are ``resolve_models(config)``'s (resolved here when None)."""
-        from worker.engine import tts, tts_load
+        from worker.engine import compile_cache, tts, tts_load
         from worker.engine.asr import WhisperX
 
         os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
@@ -136,6 +137,8 @@ class Engine:
         paths = resolve_models(config) if paths is None else paths
         go_offline()
         _use_nltk_dir(config)
+        if config.f5_compile:
+            compile_cache.prepare_compile(config)
         dtype = tts_load.resolve_dtype(config.f5_dtype, device)
         arch = tts_load.load_arch(config.f5_arch)
         cfm = tts_load.load_cfm(arch, paths["ckpt"], paths["vocab"], device, dtype)
@@ -271,7 +274,6 @@ def _resample(audio: np.ndarray, src: int, dst: int) -> np.ndarray:
 def resolve_models(config: EngineSettings) -> dict[str, object]:
     """Every model spec of the config -> a local path (downloading pinned hub revisions once)."""
     from importlib.resources import files
-    from pathlib import Path
 
     from worker.engine import model_files
     from worker.engine.models import resolve, whisperx_align_default

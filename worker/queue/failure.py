@@ -39,6 +39,9 @@ _REMEDIES = {
               "start resumes the download",
     "load": "the model files do not load with this environment: check that the variable names the right "
             "model for it (docs/worker.md), or delete its directory under <volume>/models to fetch it again",
+    "environment": "the installed environment lacks a Python module the worker needs: point MANIFEST_URL at "
+                   "the artifact built for this image's worker version, or, if it is that one, list the env "
+                   "with `python -m worker.bootstrap doctor --volume <volume>` and delete it to reinstall",
     "warmup": "the models loaded but could not run once: check the GPU type and WORKER_DEVICE, or report it "
               "with the traceback in the log",
     "cuda": "a GPU fault or a GPU that is not visible: this worker asks to be replaced by a fresh one; if it "
@@ -85,6 +88,9 @@ def classify(exc: BaseException, phase: str) -> StartupFailure:
                               expected=False)
     if isinstance(exc, ModelError):
         return StartupFailure("models", cause, _REMEDIES["models"])
+    if isinstance(exc, ImportError):  # not the model files: the env lacks a package (artifact vs image)
+        return StartupFailure(phase, f"{type(exc).__name__}: {cause}", _REMEDIES["environment"],
+                              expected=False)
     # Anything else is a bug or a broken environment: say where, and what it was.
     return StartupFailure(phase, f"{type(exc).__name__}: {cause}", _REMEDIES.get(phase, _REMEDIES["handler"]),
                           expected=False)

@@ -164,6 +164,15 @@ def test_classification_by_kind() -> None:
     assert bug.phase == "load" and bug.cause.startswith("KeyError") and not bug.expected
 
 
+def test_a_missing_module_is_the_environment_not_the_model_files() -> None:
+    # Seen on a GPU machine: a package the models import was absent, and the answer sent the user to the
+    # model files. The remedy names the artifact and the env instead, keeping the phase it failed in.
+    found = failure.classify(ModuleNotFoundError("No module named 'opentelemetry.exporter'"), "load")
+    assert found.phase == "load" and not found.expected
+    assert found.cause == "ModuleNotFoundError: No module named 'opentelemetry.exporter'"
+    assert found.remedy == failure._REMEDIES["environment"] != failure.classify(KeyError("x"), "load").remedy
+
+
 def test_a_cuda_fault_asks_for_a_fresh_worker() -> None:
     found = failure.classify(RuntimeError("CUDA error: an illegal memory access was encountered"), "warmup")
     assert found.phase == "cuda" and found.replace

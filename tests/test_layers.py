@@ -70,11 +70,11 @@ def test_the_installer_needs_only_the_contract() -> None:
     ("worker/jobs", ("worker.jobs", "worker.errors", "worker.settings", "worker.engine.core")),
     ("worker/queue", ("worker.queue", "worker.jobs", "worker.errors", "worker.settings",
                            "worker.engine.core", "worker.bootstrap.fallback")),
-    # The http mode: a front end beside queue/ on the same job layer; it answers as the queue mode does
-    # through the queue handler's transport-neutral core (Handler, is_fatal, job_field) and its startup
-    # failure (StartupFailure, classify), and loads the models through the entry point's prepare().
+    # The http mode: a front end beside queue/ on the same job layer (worker.jobs.runner answers for
+    # both); from queue/ it takes only the bucket upload and the startup failure (StartupFailure,
+    # classify), and it loads the models through the entry point's prepare().
     ("worker/serving", ("worker.serving", "worker.jobs", "worker.errors", "worker.settings",
-                        "worker.engine.core", "worker.queue.handler", "worker.queue.failure",
+                        "worker.engine.core", "worker.queue.bucket", "worker.queue.failure",
                         "worker.__main__")),
 ])
 def test_each_worker_layer_imports_only_the_layers_below(part: str, may: tuple[str, ...]) -> None:

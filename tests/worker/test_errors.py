@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from worker import errors
-from worker.queue.handler import refusal
+from worker.jobs.runner import refusal
 
 
 def test_an_error_names_where_and_why() -> None:

@@ -1,7 +1,7 @@
 """The work of each task, on a loaded engine: TTS (whole or streamed), transcribe, list voices.
 
 Everything here takes a validated request (``worker.jobs.schema``) and returns plain JSON-ready dicts;
-turning failures into ``{"error": ...}`` and sizing the response is ``worker.queue.handler``'s job.
+turning failures into ``{"error": ...}`` and sizing the response is ``worker.jobs.runner``'s job.
 
 Two bounds hold before and during the work: a job's deadline (``JobDeadline``, WORKER_JOB_TIMEOUT_S),
 checked between stages and, inside synthesis, before every batch and ODE step; and, for a WAV answer

@@ -78,7 +78,7 @@ class StartupFailure:
 def classify(exc: BaseException, phase: str) -> StartupFailure:
     """The failure of startup step ``phase`` (config, models, load, warmup, handler) as users see it:
     by the error's type (worker.errors), never by its message."""
-    from worker.queue.handler import is_fatal
+    from worker.jobs.runner import is_fatal
 
     cause = " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever the library wrote
     if isinstance(exc, SettingsError):

@@ -41,23 +41,16 @@ iterate a generator); ``start_config`` builds what ``runpod.serverless.start`` t
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from worker.errors import DeliveryError, EngineError, JobError
-from worker.jobs.audio import MIME, b64
-from worker.jobs.schema import (
-    TranscribeRequest,
-    TtsRequest,
-    VoicesRequest,
-    accepted_fields,
-    parse_job,
-)
-from worker.jobs.tasks import JobDeadline, Jobs, too_large
+from worker.jobs.runner import Runner, log_done
+from worker.jobs.schema import TtsRequest, parse_job
+from worker.jobs.tasks import JobDeadline
+from worker.queue.bucket import bucket_upload
 from worker.settings import EngineSettings, JobSettings, Settings
 
 if TYPE_CHECKING:
@@ -65,57 +58,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_JOB_FIELDS = frozenset(accepted_fields("tts")) | frozenset(accepted_fields("transcribe"))
-_FATAL_MARKERS = ("CUDA error", "CUDA out of memory", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error",
-                  "device-side assert", "NCCL error", "illegal memory access")
-
-
-def is_fatal(err: BaseException) -> bool:
-    """A CUDA fault or OOM: the process's GPU state is suspect, so the worker should be replaced. torch
-    raises these as plain RuntimeErrors (``torch.cuda.OutOfMemoryError`` is one, "CUDA out of memory"),
-    so its wording is all there is to tell them by."""
-    text = f"{type(err).__name__}: {err}"
-    return isinstance(err, RuntimeError | MemoryError) and any(m in text for m in _FATAL_MARKERS)
-
-
-def job_field(where: str, *, engine: bool = False) -> str | None:
-    """The job input field an issue's ``where`` names, or None (a stage, a variable): ``input.<field>``
-    from the job layer; from the engine (``engine``), its argument name where that is a job field."""
-    if engine:
-        return where if where in _JOB_FIELDS else None
-    return where.removeprefix("input.") if where.startswith("input.") else None
-
-
-def refusal(err: JobError | EngineError) -> str:
-    """What the client reads. The engine names its own arguments (``language``); those that are job
-    fields are the job's ``input.<field>``."""
-    if isinstance(err, EngineError):
-        return "; ".join(str(i._replace(where=f"input.{i.where}") if job_field(i.where, engine=True) else i)
-                         for i in err.found)
-    return str(err)
-
 
 class Handler:
-    """Parse -> dispatch -> serialize for one engine; every failure becomes an ``{"error"}`` dict."""
+    """Parse -> answer -> serialize for one engine (``Runner``, the job layer's core the http mode
+    shares); every failure becomes an ``{"error"}`` dict."""
 
     def __init__(self, engine: Engine, config: EngineSettings, limits: JobSettings,
                  on_fatal: Callable[[], None] | None = None) -> None:
+        self.runner = Runner(engine, config, limits, on_fatal, upload=bucket_upload(limits))
+        self.jobs = self.runner.jobs
         self.limits = limits
-        self.jobs = Jobs(engine, limits, config.default_language)
-        self.on_fatal = on_fatal
-
-    def _failure(self, err: BaseException, job_id: str) -> dict:
-        if isinstance(err, JobError | EngineError):
-            log.info("handler: job %s refused: %s", job_id, err)
-            return {"error": refusal(err)}
-        if is_fatal(err):
-            log.error("handler: job %s hit a GPU fault; asking for a fresh worker: %s", job_id, err)
-            if self.on_fatal is not None:
-                self.on_fatal()
-            return {"error": f"worker GPU failure ({type(err).__name__}: {err}); the worker will be "
-                             "replaced, retry the job", "refresh_worker": True}
-        log.exception("handler: job %s failed unexpectedly", job_id)
-        return {"error": f"internal error ({type(err).__name__}: {err}); the worker keeps serving"}
 
     def run(self, job: dict, limit: int | None = None) -> dict:
         """One whole output as a dict (no streaming), never raising."""
@@ -123,9 +75,9 @@ class Handler:
         try:
             deadline = JobDeadline(self.limits.job_timeout_s)
             request = parse_job(job.get("input") if isinstance(job, dict) else None, self.limits)
-            return self._dispatch(request, job_id, limit or self.limits.max_response_bytes, deadline)
+            return self.runner.answer(request, job_id, limit or self.limits.max_response_bytes, deadline)
         except Exception as err:  # the handler is the boundary: nothing escapes to runpod
-            return self._failure(err, job_id)
+            return self.runner.failure(err, job_id)
 
     def stream(self, job: dict) -> Iterator[dict]:
         """The generator shape: streamed items for ``stream: true``, else the one whole output."""
@@ -137,55 +89,12 @@ class Handler:
                 item: dict = {}
                 for item in self.jobs.tts_stream(request, deadline):
                     yield item
-                _log_done(job_id, "tts (streamed)", item)
+                log_done(job_id, "tts (streamed)", item)
                 return
-            output = self._dispatch(request, job_id, self.limits.stream_chunk_bytes, deadline)
+            output = self.runner.answer(request, job_id, self.limits.stream_chunk_bytes, deadline)
         except Exception as err:
-            output = self._failure(err, job_id)
+            output = self.runner.failure(err, job_id)
         yield output
-
-    def _dispatch(self, request: Any, job_id: str, limit: int, deadline: JobDeadline) -> dict:
-        if isinstance(request, VoicesRequest):
-            return self.jobs.list_voices()
-        if isinstance(request, TranscribeRequest):
-            output = _within(self.jobs.transcribe(request, deadline), limit)
-        else:
-            # Without a bucket the answer must fit the limit: refused before synthesis when it cannot.
-            tts, encoded = self.jobs.tts(request, deadline,
-                                         None if self.limits.s3_configured else limit)
-            output = self._deliver(tts, encoded, request.format, job_id, limit)
-        _log_done(job_id, request.task, output)
-        return output
-
-    def _deliver(self, output: dict, encoded: bytes, fmt: str, job_id: str, limit: int) -> dict:
-        text = b64(encoded)
-        size = len(text) + len(json.dumps(output))
-        if size <= limit:
-            return {"audio": text, **output}
-        if not self.limits.s3_configured:
-            raise too_large(size, limit)
-        from runpod.serverless.utils import rp_upload  # imported late: it configures logging on import
-
-        url = rp_upload.upload_in_memory_object(
-            f"{job_id}.{fmt}", encoded, bucket_name=self.limits.bucket_name, prefix="tts")
-        log.info("handler: job %s output (%d bytes, %s) uploaded to the bucket", job_id, len(encoded),
-                 MIME[fmt])
-        return {"audio_url": url, **_within(output, limit)}
-
-
-def _log_done(job_id: str, task: str, output: dict) -> None:
-    timings = output.get("timings", {})
-    log.info("handler: job %s %s done: %.2f s of audio in %.3f s (%s)", job_id, task,
-             output.get("duration", 0.0), timings.get("total", 0.0),
-             ", ".join(f"{k} {v}" for k, v in timings.items() if k != "total"))
-
-
-def _within(output: dict, limit: int) -> dict:
-    size = len(json.dumps(output))
-    if size > limit:
-        raise DeliveryError("output", f"the response would be {size} bytes, over the limit of {limit} bytes; "
-                            "send shorter audio or leave out timestamps/subtitles")
-    return output
 
 
 def make_streaming_handler(engine: Engine, config: EngineSettings, limits: JobSettings,

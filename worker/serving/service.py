@@ -1,12 +1,13 @@
 """The one adapter between the http mode and the job layer: every call this package makes into
-worker/jobs/ and worker/queue/handler.py is here, so the job layer can move without the routes noticing.
+worker/jobs/ is here, so the job layer can move without the routes noticing.
 
 The routes get the same validation (``parse_job``: one schema of limits and errors), the same reference
-handling, synthesis and transcription (``Jobs``), the same output of a native job (the queue handler's
-core, ``Handler``) and the same failure messages (``Handler._failure``: an input error names the field,
-a GPU fault asks for a fresh worker) as the queue mode. What is added: a deadline that a client's
-disconnect also trips (``RequestDeadline``), and each failure as an HTTP status with the OpenAI field
-it concerns (``ApiError``), read off the error's issues (``where``), never its message.
+handling, synthesis and transcription (``Jobs``), the same output of a native job and the same failure
+messages (``Runner``, the core the queue handler runs on: an input error names the field, a GPU fault
+asks for a fresh worker, an output over the limit goes to the bucket) as the queue mode. What is
+added: a deadline that a client's disconnect also trips (``RequestDeadline``), and each failure as an
+HTTP status with the OpenAI field it concerns (``ApiError``), read off the error's issues (``where``),
+never its message.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from worker.errors import DeliveryError, EngineError, JobError, JobInputError, JobTimeout, VoiceError
+from worker.jobs.runner import Runner, is_fatal, job_field
 from worker.jobs.schema import Request, TranscribeRequest, TtsRequest, parse_job
 from worker.jobs.tasks import JobDeadline
 from worker.jobs.voices import VOICE_NAME
-from worker.queue.handler import Handler, is_fatal, job_field
+from worker.queue.bucket import bucket_upload
 from worker.serving.errors import ApiError, Cancelled
 from worker.settings import EngineSettings, JobSettings
 
@@ -52,8 +54,8 @@ class Service:
 
     def __init__(self, engine: Engine, config: EngineSettings, limits: JobSettings,
                  on_fatal: Callable[[], None] | None = None) -> None:
-        self.handler = Handler(engine, config, limits, on_fatal)
-        self.jobs = self.handler.jobs
+        self.runner = Runner(engine, config, limits, on_fatal, upload=bucket_upload(limits))
+        self.jobs = self.runner.jobs
         self.limits = limits
         self.sample_rate: int = engine.sample_rate
 
@@ -97,19 +99,19 @@ class Service:
             request = self.parse(job_input)
             if isinstance(request, TtsRequest) and request.stream:
                 return self.jobs.tts_stream(request, deadline)
-            return 200, self.handler._dispatch(request, job_id, self.limits.max_response_bytes, deadline)
+            return 200, self.runner.answer(request, job_id, self.limits.max_response_bytes, deadline)
         except Exception as err:
             return self.job_failure(err, job_id)
 
     def job_failure(self, err: BaseException, job_id: str) -> tuple[int, dict]:
-        return status_of(err), self.handler._failure(err, job_id)
+        return status_of(err), self.runner.failure(err, job_id)
 
     def failure(self, err: BaseException, names: Mapping[str, str], job_id: str = "http") -> ApiError:
         """``err`` as the routes answer it: the queue handler's message, with the caller's field names."""
         status = status_of(err)
         if isinstance(err, Cancelled):
             return ApiError(499, str(err), None, "client_disconnected")
-        message = self.handler._failure(err, job_id)["error"]  # logs it, and tells on_fatal of a GPU fault
+        message = self.runner.failure(err, job_id)["error"]  # logs it, and tells on_fatal of a GPU fault
         if not isinstance(err, JobError | EngineError):
             return ApiError(status, message, None, _CODES.get(status, "internal_error"))
         param, renamed = None, []

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from jobkit import AudioServer, audio_bytes, b64, decode_b64, tiny_engine, voice_like
 
+from worker.jobs.runner import is_fatal
 from worker.jobs.subtitles import to_srt
 from worker.queue.handler import (
     Handler,
-    is_fatal,
     make_handler,
     make_plain_handler,
     make_streaming_handler,
@@ -237,9 +237,9 @@ def test_fatal_errors_ask_for_a_fresh_worker(core: Handler) -> None:
     assert not is_fatal(ValueError("CUDA error"))
     called = []
     fatal = Handler(core.jobs.engine, core.jobs.engine.config, core.limits, on_fatal=lambda: called.append(1))
-    out = fatal._failure(torch.cuda.OutOfMemoryError("CUDA out of memory"), "j")
+    out = fatal.runner.failure(torch.cuda.OutOfMemoryError("CUDA out of memory"), "j")
     assert out["refresh_worker"] is True and "GPU failure" in out["error"] and called == [1]
-    other = fatal._failure(KeyError("boom"), "j")
+    other = fatal.runner.failure(KeyError("boom"), "j")
     assert "refresh_worker" not in other and other["error"].startswith("internal error (KeyError")
 
 
@@ -251,7 +251,7 @@ def test_start_config_shapes(engine_config, limits, monkeypatch) -> None:
     settings = Settings(config, limits)
     streaming = start_config(engine, settings, streaming=True)
     assert inspect.isgeneratorfunction(streaming["handler"]) and streaming["return_aggregate_stream"]
-    streaming["handler"].core.on_fatal()
+    streaming["handler"].core.runner.on_fatal()
     assert streaming["refresh_worker"] is True
     plain = start_config(engine, settings, streaming=False)
     assert not inspect.isgeneratorfunction(plain["handler"])

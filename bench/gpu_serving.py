@@ -2,7 +2,7 @@
 
 Two parts, each in its own process so that one's GPU memory is not counted in the other's:
 
-``--part asr``   WhisperX as the worker runs it (worker.asr.WhisperX: CTranslate2 Whisper in WhisperX's
+``--part asr``   WhisperX as the worker runs it (worker.engine.asr.WhisperX: CTranslate2 Whisper in WhisperX's
                  batched pipeline, pyannote VAD, then wav2vec2 alignment) against faster-whisper's own
                  ``BatchedInferencePipeline`` (Silero VAD) on the same 60 s of speech, same model, batch
                  size, beam size and compute type; median of --runs warm runs each.

@@ -79,7 +79,7 @@ class Runner:
             output = within(self.jobs.transcribe(request, deadline), limit)
         else:
             # Without a bucket the answer must fit the limit: refused before synthesis when it cannot.
-            tts, encoded = self.jobs.tts(request, deadline, None if self._bucket() else limit)
+            tts, encoded = self.jobs.tts(request, deadline, limit if self.upload is None else None)
             output = self._deliver(tts, encoded, request.format, job_id, limit)
         log_done(job_id, request.task, output)
         return output
@@ -97,15 +97,12 @@ class Runner:
         log.exception("handler: job %s failed unexpectedly", job_id)
         return {"error": f"internal error ({type(err).__name__}: {err}); the worker keeps serving"}
 
-    def _bucket(self) -> bool:
-        return self.limits.s3_configured and self.upload is not None
-
     def _deliver(self, output: dict, encoded: bytes, fmt: str, job_id: str, limit: int) -> dict:
         text = b64(encoded)
         size = len(text) + len(json.dumps(output))
         if size <= limit:
             return {"audio": text, **output}
-        if not self._bucket():
+        if self.upload is None:
             raise too_large(size, limit)
         url = self.upload(f"{job_id}.{fmt}", encoded)
         log.info("handler: job %s output (%d bytes, %s) uploaded to the bucket", job_id, len(encoded),
